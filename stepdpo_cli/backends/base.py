@@ -1,0 +1,107 @@
+"""The one generation interface: prompts in, n completions each out. Backends: hf, vllm, openai.
+
+A model spec picks the backend: ``hf:PATH``, ``vllm:PATH``, ``openai:NAME``; a bare path or hub id means
+``hf``. Every backend returns the same `Completion` objects so stages never know which one ran.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence
+
+from ..records import InputError
+
+BACKENDS = ("hf", "vllm", "openai")
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    n: int = 1
+    temperature: float = 0.0  # 0 means greedy
+    top_p: float = 1.0
+    max_tokens: int = 512
+    stop: tuple[str, ...] = ()
+    logprobs: bool = False  # per-token log-probs of the sampled tokens
+
+    def as_record(self) -> dict:
+        return {"n": self.n, "temperature": self.temperature, "top_p": self.top_p,
+                "max_tokens": self.max_tokens, "stop": list(self.stop)}
+
+
+@dataclass
+class Request:
+    """One prompt and the seed its samples are drawn with (derived per record, so batching never matters)."""
+    prompt: str
+    seed: int = 0
+    n: int | None = None  # overrides SamplingParams.n for this prompt
+
+
+@dataclass
+class Completion:
+    text: str  # generated text only, stop string removed
+    num_tokens: int
+    finish_reason: str  # "stop" (EOS or a stop string) or "length"
+    logprobs: list[float] | None = None
+    stop_reason: str | None = None  # the stop string matched, if any
+
+
+class Backend(Protocol):
+    name: str  # "hf", "vllm", "openai"
+    model: str  # what the spec named
+
+    def generate(self, requests: Sequence[Request], params: SamplingParams) -> list[list[Completion]]:
+        """For each request, `request.n or params.n` completions, in request order."""
+        ...
+
+    @property
+    def tokenizer(self) -> Any:
+        """A tokenizer with `chat_template` where the backend has one locally, else None."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class ModelSpec:
+    backend: str
+    model: str
+    options: dict = field(default_factory=dict)
+
+
+def parse_model_spec(spec: str, backend: str | None = None) -> ModelSpec:
+    """``hf:/path``, ``vllm:/path``, ``openai:gpt-4o``, or a bare path/hub id (backend from `backend` or hf)."""
+    if not spec:
+        raise InputError("a model is required", field="--model")
+    head, sep, rest = spec.partition(":")
+    if sep and head in BACKENDS and rest:
+        if backend and backend != head:
+            raise InputError(f"--backend {backend} contradicts model spec {spec!r}", field="--backend")
+        return ModelSpec(head, rest)
+    chosen = backend or "hf"
+    if chosen not in BACKENDS:
+        raise InputError(f"unknown backend {chosen!r}; choose one of {', '.join(BACKENDS)}", field="--backend")
+    return ModelSpec(chosen, spec)
+
+
+def load_backend(spec: str, backend: str | None = None, **options: Any) -> Backend:
+    """Build the backend a spec names. Options are backend-specific (device, dtype, base_url, ...)."""
+    parsed = parse_model_spec(spec, backend)
+    if parsed.backend == "hf":
+        from .hf import HFBackend
+        return HFBackend(parsed.model, **options)
+    if parsed.backend == "vllm":
+        from .vllm import VLLMBackend
+        return VLLMBackend(parsed.model, **options)
+    from .openai import OpenAIBackend
+    return OpenAIBackend(parsed.model, **options)
+
+
+def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, str | None]:
+    """Cut `text` at the earliest stop string (servers that keep the stop string, or ignore `stop`)."""
+    best, matched = len(text), None
+    for s in stop:
+        if not s:
+            continue
+        i = text.find(s)
+        if 0 <= i < best:
+            best, matched = i, s
+    return text[:best], matched

@@ -1,0 +1,61 @@
+"""Prompt templates. Sample, rectify, train and eval must render a problem identically, so they all call here.
+
+The official Step-DPO code formats `prompt` with one of alpaca / deepseek-math / qwen2-boxed and appends
+`initial_reason_steps` directly; the step-wise CoT prefix starts the assistant's turn.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .records import InputError
+from .steps import STEP_PREFIX
+
+TEMPLATES: dict[str, str] = {
+    "alpaca": (
+        "Below is an instruction that describes a task. Write a response that appropriately completes the "
+        "request.\n\n### Instruction:\n{problem}\n\n### Response:"
+    ),
+    "deepseek-math": (
+        "User: {problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}.\n\nAssistant:"
+    ),
+    "qwen2-boxed": (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n{problem}\n"
+        "Please reason step by step, and put your final answer within \\boxed{{}}.<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    ),
+    # For base models and the demo: the problem, then a newline; the CoT prefix follows.
+    "raw": "{problem}\n",
+}
+TEMPLATE_NAMES = ("chat", *TEMPLATES)
+
+
+def resolve_template(name: str | None, tokenizer: Any = None) -> str:
+    """`None`/"auto" means the model's chat template when it has one, else raw."""
+    if name in (None, "", "auto"):
+        return "chat" if getattr(tokenizer, "chat_template", None) else "raw"
+    if name not in TEMPLATE_NAMES:
+        raise InputError(f"unknown template {name!r}; choose one of {', '.join(TEMPLATE_NAMES)}", field="--template")
+    return name
+
+
+def render_prompt(problem: str, template: str, tokenizer: Any = None) -> str:
+    """The prompt for `problem` up to where the assistant's answer starts (no CoT prefix)."""
+    if template == "chat":
+        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+            raise InputError("template 'chat' needs a tokenizer with a chat template", field="--template")
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": problem}], tokenize=False, add_generation_prompt=True
+        )
+    try:
+        return TEMPLATES[template].format(problem=problem)
+    except KeyError:
+        raise InputError(f"unknown template {template!r}", field="--template") from None
+
+
+def generation_prompt(problem: str, template: str, tokenizer: Any = None, *, reason_prefix: str = STEP_PREFIX) -> str:
+    """Prompt + step-wise prefix: what sample and rectify send to the model.
+
+    `reason_prefix` is the CoT prefix for sampling, or `initial_reason_steps` for rectification, so the
+    two stages produce byte-identical contexts for the same steps.
+    """
+    return render_prompt(problem, template, tokenizer) + reason_prefix
