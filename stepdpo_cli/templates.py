@@ -59,3 +59,28 @@ def generation_prompt(problem: str, template: str, tokenizer: Any = None, *, rea
     two stages produce byte-identical contexts for the same steps.
     """
     return render_prompt(problem, template, tokenizer) + reason_prefix
+
+
+# A trained model directory records the template it was trained with, so sample/eval default to it.
+MODEL_META_FILE = "stepdpo.json"
+
+
+def read_model_meta(model_path: str) -> dict:
+    """The `stepdpo.json` that `stepdpo train` writes beside a model (empty dict when absent or remote)."""
+    import json
+    import os
+
+    path = os.path.join(model_path, MODEL_META_FILE)
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as handle:
+        meta = json.load(handle)
+    return meta if isinstance(meta, dict) else {}
+
+
+def template_for_model(requested: str | None, model_path: str, tokenizer: Any = None) -> str:
+    """Explicit --template wins; else the template recorded in the model dir; else chat/raw by tokenizer."""
+    if requested not in (None, "", "auto"):
+        return resolve_template(requested, tokenizer)
+    recorded = read_model_meta(model_path).get("template")
+    return resolve_template(recorded, tokenizer) if recorded else resolve_template(None, tokenizer)
