@@ -46,12 +46,20 @@ def split_steps(completion: str) -> list[str]:
         bodies = pieces[::2]
         # Text before the first loose marker belongs to step 1 (the prompt already said "Step 1:").
         if not bodies[0].strip() and len(bodies) > 1 and pieces[1] == "1":
-            bodies = bodies[1:]
-        return bodies
+            return _canonical_bodies(["", *bodies[1:]])[1:]
+        return _canonical_bodies(bodies)
     paragraphs = [p for p in re.split(r"\n[ \t]*\n", completion) if p.strip()]
     if len(paragraphs) > 1:
-        return paragraphs
+        return _canonical_bodies(paragraphs)
     return [completion]
+
+
+def _canonical_bodies(bodies: list[str]) -> list[str]:
+    """Loose or missing markers are re-written canonically by `join_steps`, so give bodies the canonical
+    shape: " text" after "Step i:" (never "Step 2:text") and no whitespace left over from a dropped marker.
+    """
+    first = bodies[0].rstrip()
+    return [first, *((" " + body.strip()) if body.strip() else "" for body in bodies[1:])]
 
 
 def split_solution(text: str) -> list[str]:

@@ -28,6 +28,11 @@ TEMPLATES: dict[str, str] = {
 }
 TEMPLATE_NAMES = ("chat", *TEMPLATES)
 
+# What the official train.py puts between the rendered prompt and `initial_reason_steps`: alpaca "\n",
+# deepseek-math " ", qwen2-boxed nothing (its eval prompts "...### Response:\nLet's think step by step." agree).
+# Training and generation must both go through `generation_prompt` so the contexts match byte for byte.
+REASON_SEPARATORS: dict[str, str] = {"alpaca": "\n", "deepseek-math": " ", "qwen2-boxed": "", "raw": "", "chat": ""}
+
 
 def resolve_template(name: str | None, tokenizer: Any = None) -> str:
     """`None`/"auto" means the model's chat template when it has one, else raw."""
@@ -56,9 +61,11 @@ def generation_prompt(problem: str, template: str, tokenizer: Any = None, *, rea
     """Prompt + step-wise prefix: what sample and rectify send to the model.
 
     `reason_prefix` is the CoT prefix for sampling, or `initial_reason_steps` for rectification, so the
-    two stages produce byte-identical contexts for the same steps.
+    two stages produce byte-identical contexts for the same steps. Train uses it with the pair's
+    `initial_reason_steps` too. The separator follows the official code (see REASON_SEPARATORS).
     """
-    return render_prompt(problem, template, tokenizer) + reason_prefix
+    separator = REASON_SEPARATORS.get(template, "") if reason_prefix else ""
+    return render_prompt(problem, template, tokenizer) + separator + reason_prefix
 
 
 # A trained model directory records the template it was trained with, so sample/eval default to it.
