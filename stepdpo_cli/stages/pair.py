@@ -1,0 +1,143 @@
+"""`stepdpo pair`: turn rectified records into Math-Step-DPO-10K rows (or whole-solution DPO rows).
+
+Step format (default), one row per candidate j of a record with first error step k:
+  prompt = problem, initial_reason_steps = steps.prefix_text(steps, k), chosen = the candidate's first step,
+  rejected = steps[k-1], full_chosen = the candidate's continuation, full_rejected = steps k.. re-joined,
+  answer, dataset, id = f"{record id}/c{j}", plus source_id, problem_id, first_error_step, template,
+  localizer and provenance.
+DPO format: the same material as whole solutions (initial_reason_steps = the CoT prefix), so the DPO baseline
+and Step-DPO train on identical problems. `--chosen-source reference-step` uses the record's
+`reference_step` (a verifier's correction: the paper's out-of-distribution ablation) instead of the model.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Iterator
+
+from ..records import InputError
+from ..steps import STEP_PREFIX, continuation_steps, join_steps, prefix_text
+from .rectify import same_step, validate_rectifiable
+
+FORMATS = ("step", "dpo")
+CHOSEN_SOURCES = ("model", "reference-step")
+
+
+def validate_pairable(record: dict) -> dict:
+    """A localized record; `candidates` (from rectify) must be a list of {text, continuation} when present."""
+    validate_rectifiable(record)
+    candidates = record.get("candidates", [])
+    if not isinstance(candidates, list) or not all(
+            isinstance(c, dict) and isinstance(c.get("text"), str) and isinstance(c.get("continuation"), str)
+            for c in candidates):
+        raise InputError("must be a list of {text, continuation} objects", field="candidates")
+    if record.get("reference_step") is not None and not isinstance(record["reference_step"], str):
+        raise InputError("must be a string", field="reference_step")
+    return record
+
+
+def _problem_key(record: dict) -> str:
+    return str(record.get("problem_id") or record["problem"])
+
+
+def _choices(record: dict, chosen_source: str) -> list[tuple[str, str, str, dict]]:
+    """(id suffix, chosen step, continuation from step k, provenance) for each winner of this record."""
+    if chosen_source == "reference-step":
+        ref = record.get("reference_step")
+        return [] if ref is None else [("ref", ref, ref, {"chosen_source": "reference-step"})]
+    return [(f"c{j}", c["text"], c["continuation"],
+             {"chosen_source": "model", "candidate_index": c.get("index", j), "candidate_seed": c.get("seed")})
+            for j, c in enumerate(record.get("candidates", []))]
+
+
+def _scores(record: dict, k: int, n_continuation: int) -> tuple[list | None, list | None]:
+    """Per-step success rates for whole-solution rows (full-step-dpo): known for the shared prefix and the
+    wrong solution; the winner's own later steps are unknown (null) except its final, correct, step."""
+    scores = record.get("step_scores")
+    if not isinstance(scores, list):
+        return None, None
+    chosen = list(scores[: k - 1]) + [None] * max(n_continuation - 1, 0) + [1.0]
+    return chosen, list(scores)
+
+
+def pair_records(records: Iterable[dict], *, format: str = "step", chosen_source: str = "model",
+                 max_per_problem: int | None = None, counts: dict | None = None,
+                 lengths: Any = len) -> Iterator[list[dict]]:
+    """Yield each record's pair rows as one group. `counts` collects the summary (see `pair_summary`);
+    `lengths(text) -> int` measures prefix and step sizes (a tokenizer's token count, or characters)."""
+    if format not in FORMATS:
+        raise InputError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}", field="--format")
+    if chosen_source not in CHOSEN_SOURCES:
+        raise InputError(f"choose one of {', '.join(CHOSEN_SOURCES)}", field="--chosen-source")
+    counts = counts if counts is not None else {}
+    seen: set[tuple[str, str, str]] = set()
+    per_problem: dict[str, int] = {}
+
+    def drop(reason: str) -> None:
+        counts["dropped_" + reason] = counts.get("dropped_" + reason, 0) + 1
+
+    for record in records:
+        counts["records"] = counts.get("records", 0) + 1
+        k = record.get("first_error_step")
+        if k is None:
+            drop("undecided" if record.get("localize_status") == "undecided" else "no_error_step")
+            continue
+        choices = _choices(record, chosen_source)
+        if not choices:
+            drop("no_reference_step" if chosen_source == "reference-step" else "no_candidates")
+            continue
+        steps = record["steps"]
+        prefix = prefix_text(steps, k)
+        rejected = steps[k - 1]
+        rows = []
+        for suffix, chosen, continuation, provenance in choices:
+            if not chosen.strip() or not rejected.strip():
+                drop("empty")
+                continue
+            if same_step(chosen, rejected):
+                drop("identical")
+                continue
+            if format == "dpo":
+                chosen_text = prefix[len(STEP_PREFIX):] + continuation
+                row = {"prompt": record["problem"], "initial_reason_steps": STEP_PREFIX, "chosen": chosen_text,
+                       "rejected": join_steps(steps), "full_chosen": chosen_text, "full_rejected": join_steps(steps)}
+                chosen_scores, rejected_scores = _scores(record, k, len(continuation_steps(continuation)))
+                if rejected_scores is not None:
+                    row["chosen_step_scores"], row["rejected_step_scores"] = chosen_scores, rejected_scores
+            else:
+                row = {"prompt": record["problem"], "initial_reason_steps": prefix, "chosen": chosen,
+                       "rejected": rejected, "full_chosen": continuation,
+                       "full_rejected": join_steps(list(steps[k - 1:]), start=k)}
+            key = (row["prompt"], row["initial_reason_steps"], row["chosen"])
+            if key in seen:
+                drop("duplicate")
+                continue
+            problem = _problem_key(record)
+            if max_per_problem is not None and per_problem.get(problem, 0) >= max_per_problem:
+                drop("max_per_problem")
+                continue
+            seen.add(key)
+            per_problem[problem] = per_problem.get(problem, 0) + 1
+            row.update({"answer": record["answer"], "dataset": record.get("dataset", ""),
+                        "id": f"{record['id']}/{suffix}", "source_id": record["id"],
+                        "problem_id": record.get("problem_id"), "first_error_step": k, "format": format,
+                        "template": record.get("template"), "localizer": record.get("localizer"),
+                        "provenance": {**provenance, "generation": record.get("generation"),
+                                       "rectify": (record.get("rectify") or {}).get("settings")}})
+            rows.append(row)
+            counts["pairs"] = counts.get("pairs", 0) + 1
+            counts["step_sum"] = counts.get("step_sum", 0) + k
+            counts["prefix_len"] = counts.get("prefix_len", 0) + lengths(row["prompt"] + row["initial_reason_steps"])
+            counts["step_len"] = counts.get("step_len", 0) + (lengths(row["chosen"]) + lengths(row["rejected"])) / 2
+        counts["problems"] = len(per_problem)
+        if rows:
+            yield rows
+
+
+def pair_summary(counts: dict, unit: str = "chars") -> dict:
+    """pairs, problems, mean step index, prefix/step length ratio, and every drop reason's count."""
+    pairs = counts.get("pairs", 0)
+    values: dict = {"records": counts.get("records", 0), "pairs": pairs, "problems": counts.get("problems", 0),
+                    "mean_step_index": counts.get("step_sum", 0) / pairs if pairs else 0.0,
+                    f"prefix_step_ratio_{unit}": (counts.get("prefix_len", 0) / counts["step_len"])
+                    if counts.get("step_len") else 0.0}
+    values.update({k: v for k, v in sorted(counts.items()) if k.startswith("dropped_")})
+    return values
