@@ -1,0 +1,139 @@
+"""Built-in problem sets for `stepdpo eval`: GSM8K, MATH, MATH-500 and the official Step-DPO test files.
+
+Every loader yields problem records ``{id, problem, answer, dataset, subject?, level?}`` that the stages
+read like any problems.jsonl. Sources are `datasets.load_dataset` hub ids, or local copies in the same
+shape (a directory, a .jsonl/.json/.parquet/.csv file, or a `save_to_disk` folder); the shape of a local
+file is recognised from its columns, so `--dataset path/to/gsm8k_test.parquet` works offline.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Iterable, Iterator
+
+from .grading import extract_answer
+from .records import InputError, normalize_problem
+
+HUB_SOURCES = {
+    "gsm8k": ("openai/gsm8k", ["main"]),
+    "math": ("EleutherAI/hendrycks_math", ["algebra", "counting_and_probability", "geometry", "intermediate_algebra",
+                                           "number_theory", "prealgebra", "precalculus"]),
+    "math500": ("HuggingFaceH4/MATH-500", [None]),
+}
+DATASET_NAMES = tuple(HUB_SOURCES)
+_FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+def load_problems(name_or_path: str, split: str = "test", limit: int | None = None) -> Iterator[dict]:
+    """Problem records from a named dataset (gsm8k, math, math500) or a local file/directory of one.
+
+    `limit` keeps the first N problems (in the source's order, so runs are comparable).
+    """
+    if limit is not None and limit < 0:
+        raise InputError("must be >= 0", field="--limit")
+    rows = _rows(name_or_path, split)
+    for count, record in enumerate(rows):
+        if limit is not None and count >= limit:
+            return
+        yield record
+
+
+def _rows(name_or_path: str, split: str) -> Iterator[dict]:
+    if name_or_path in HUB_SOURCES:
+        hub_id, configs = HUB_SOURCES[name_or_path]
+        for config in configs:
+            table = _load(lambda: _load_dataset(hub_id, config, split), hub_id)
+            yield from _convert(table, name_or_path, split, config)
+        return
+    if not os.path.exists(name_or_path):
+        raise InputError(f"unknown dataset; use one of {', '.join(DATASET_NAMES)} or a local file or directory",
+                         source=name_or_path, field="--dataset")
+    table = _load(lambda: _load_local(name_or_path, split), name_or_path)
+    yield from _convert(table, _name_from_path(name_or_path), split, None)
+
+
+def _load_dataset(path: str, config: str | None, split: str, **kw: Any) -> Any:
+    import datasets
+
+    datasets.disable_progress_bars()  # stderr stays readable; stdout never sees it anyway
+    return datasets.load_dataset(path, config, split=split, **kw)
+
+
+def _load_local(path: str, split: str) -> Any:
+    if os.path.isdir(path):
+        if os.path.exists(os.path.join(path, "dataset_info.json")) or os.path.exists(os.path.join(path, "state.json")) \
+                or os.path.exists(os.path.join(path, "dataset_dict.json")):
+            import datasets
+
+            loaded = datasets.load_from_disk(path)
+            return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+        return _load_dataset(path, None, split)
+    extension = next((e for e in _FILE_BUILDERS if path.endswith(e) or path.endswith(e + ".gz")), None)
+    if extension is None:
+        raise InputError("unsupported file type (use .jsonl, .json, .parquet or .csv)", source=path, field="--dataset")
+    return _load_dataset(_FILE_BUILDERS[extension], None, "train", data_files=path)
+
+
+def _load(loader: Any, source: str) -> Any:
+    try:
+        return loader()
+    except InputError:
+        raise
+    except (FileNotFoundError, ValueError, ConnectionError, OSError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"cannot load dataset: {message}", source=source, field="--dataset") from None
+
+
+def _name_from_path(path: str) -> str:
+    """`GSM8K_test_data.jsonl` -> gsm8k, `MATH_test_data.jsonl` -> math, otherwise the file's stem."""
+    stem = os.path.basename(os.path.normpath(path)).split(".")[0].lower()
+    for name in ("math500", "math-500", "gsm8k", "math"):
+        if stem.startswith(name) or stem.replace("_", "-").startswith(name):
+            return name.replace("-", "")
+    return stem
+
+
+def _level(value: Any) -> Any:
+    """MATH writes "Level 3"; MATH-500 writes 3. Both become 3 so results group the same way."""
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(?:Level\s*)?(\d+)\s*", value)
+        return int(match.group(1)) if match else value
+    return value
+
+
+def gsm8k_answer(solution: str) -> str:
+    """The number after "####" in a GSM8K answer field, without thousands separators."""
+    return solution.split("####")[-1].strip().replace(",", "")
+
+
+def _convert(rows: Iterable[dict], name: str, split: str, config: str | None) -> Iterator[dict]:
+    for index, row in enumerate(rows):
+        row = dict(row)
+        if "idx" in row and "instruction" in row:  # the official Step-DPO test files
+            record = {**row, "problem": row["instruction"], "dataset": row.get("dataset", name)}
+        elif "question" in row and isinstance(row.get("answer"), str) and "####" in row["answer"]:
+            record = {"id": f"gsm8k/{split}/{index}", "problem": row["question"], "answer": gsm8k_answer(row["answer"]),
+                      "solution": row["answer"], "dataset": "gsm8k"}
+        elif "problem" in row and "solution" in row and "answer" not in row:  # hendrycks MATH
+            answer = extract_answer(row["solution"])
+            if answer is None:
+                raise InputError("MATH solution has no final answer", source=name, line=index + 1, field="solution")
+            subject = row.get("type") or config
+            record = {"id": f"math/{split}/{config or 'all'}/{index}", "problem": row["problem"], "answer": answer,
+                      "solution": row["solution"], "dataset": "math", "subject": subject, "level": _level(row.get("level"))}
+        elif "problem" in row and "answer" in row and "subject" in row:  # MATH-500
+            record = {"id": str(row.get("unique_id") or f"math500/{split}/{index}"), "problem": row["problem"],
+                      "answer": row["answer"], "dataset": "math500", "subject": row["subject"],
+                      "level": _level(row.get("level"))}
+            if row.get("solution"):
+                record["solution"] = row["solution"]
+        else:  # any problems file with the usual aliases
+            record = {**row, "dataset": row.get("dataset", name)}
+        if "type" in record and "subject" not in record:
+            record["subject"] = record["type"]
+        if "level" in record:
+            record["level"] = _level(record["level"])
+        try:
+            yield normalize_problem(record)
+        except InputError as exc:
+            raise InputError(exc.message, source=name, line=index + 1, field=exc.field) from None
