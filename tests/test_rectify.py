@@ -1,0 +1,105 @@
+"""`stepdpo rectify`: continuations from the correct prefix; correct ones become candidate chosen steps."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import run_cli
+from scripted_policy import ScriptedPolicy, check_arith, make_record, solution_steps
+
+from stepdpo_cli.records import InputError, derive_seed
+from stepdpo_cli.stages.localize import localize_records, validate_localizable
+from stepdpo_cli.stages.rectify import rectify_records, same_step, validate_rectifiable
+from stepdpo_cli.steps import prefix_text
+from stepdpo_cli.templates import generation_prompt
+
+NUMBERS = [4, 8, 1, 6, 3]
+
+
+def _localized(wrong_at, rid="p0/s0"):
+    record = validate_localizable(make_record(NUMBERS, wrong_at, rid=rid))
+    return next(iter(localize_records([record], "verifier", fn=check_arith, spec="t")))
+
+
+def _rectify(records, policy=None, **kw):
+    policy = policy or ScriptedPolicy()
+    kw.setdefault("n", 4)
+    return [r for batch in rectify_records(records, policy, **kw) for r in batch], policy
+
+
+def test_candidates_are_the_correct_first_steps_from_the_same_context_sample_used():
+    [row], policy = _rectify([_localized(3)], seed=5)
+    right = solution_steps(NUMBERS)[2]
+    assert [c["text"] for c in row["candidates"]] == [right] * 4
+    assert all(c["prediction"] == "22" and c["continuation"].startswith(right) for c in row["candidates"])
+    assert row["rectify"]["n"] == 4 and row["rectify"]["correct"] == 4 and row["rectify"]["kept"] == 4
+    assert row["candidates"][0]["seed"] == derive_seed(5, "p0/s0") == row["rectify"]["seed"]
+    expected = generation_prompt(row["problem"], "raw", None, reason_prefix=prefix_text(row["steps"], 3))
+    assert policy.prompts == [expected]
+
+
+def test_wrong_continuations_are_not_kept_and_max_candidates_caps():
+    [row], _ = _rectify([_localized(1)], policy=ScriptedPolicy(error_percent=50), n=8)
+    assert 0 < row["rectify"]["correct"] < 8 and row["rectify"]["kept"] == row["rectify"]["correct"]
+    assert all(c["prediction"] == "22" for c in row["candidates"])
+    [capped], _ = _rectify([_localized(1)], max_candidates=1)
+    assert len(capped["candidates"]) == 1
+
+
+def test_drop_same_removes_winners_identical_to_the_rejected_step():
+    record = _localized(3)
+    record["steps"][2] = "  " + solution_steps(NUMBERS)[2].strip() + "\n"  # mislocated: step 3 is right
+    [row], _ = _rectify([record])
+    assert row["candidates"] == [] and row["rectify"]["dropped_same"] == 4
+    [kept], _ = _rectify([record], drop_same=False)
+    assert len(kept["candidates"]) == 4
+    assert same_step(" a  b\n", "a b") and not same_step("a b", "a c")
+
+
+def test_verify_chosen_rejects_winners_whose_own_steps_are_wrong():
+    def strict(problem, steps, record):  # pretends every continuation's last addition is wrong
+        return [True] * (len(steps) - 2) + [False, True]
+
+    [row], _ = _rectify([_localized(2)], verify_chosen=strict, verify_spec="t:strict")
+    assert row["candidates"] == [] and row["rectify"]["failed_verify"] == 4
+    [ok], _ = _rectify([_localized(2)], verify_chosen=check_arith)
+    assert len(ok["candidates"]) == 4
+
+
+def test_records_without_an_error_pass_through_and_batching_does_not_change_results():
+    records = [_localized(k, rid=f"p{i}/s0") for i, k in enumerate([2, None, 4, 1, 3])]
+    counts: dict = {}
+    small, _ = _rectify([dict(r, steps=list(r["steps"])) for r in records], batch_size=2, seed=1,
+                        policy=ScriptedPolicy(error_percent=40), counts=counts)
+    large, _ = _rectify([dict(r, steps=list(r["steps"])) for r in records], batch_size=64, seed=1,
+                        policy=ScriptedPolicy(error_percent=40))
+    assert small == large and [r["id"] for r in small] == [r["id"] for r in records]
+    assert small[1]["candidates"] == [] and small[1]["rectify"]["skipped"]
+    assert counts["records"] == 4 and counts["skipped"] == 1
+
+
+def test_validation_requires_a_localized_record():
+    with pytest.raises(InputError, match="first_error_step"):
+        validate_rectifiable(make_record(NUMBERS, 2))
+    with pytest.raises(InputError, match="first_error_step"):
+        validate_rectifiable(dict(make_record(NUMBERS, 2), first_error_step=9))
+
+
+def test_cli_rectify_needs_a_model_and_reports_bad_specs():
+    proc = run_cli("rectify", input="")
+    assert proc.returncode == 2
+    proc = run_cli("rectify", "--model", "hf:/no/such/model/dir", input=json.dumps(_localized(2)) + "\n")
+    assert proc.returncode in (1, 2) and b"Traceback" not in proc.stderr and proc.stdout == b""
+
+
+def test_cli_rectify_with_the_tiny_model_keeps_every_record(tiny_model):
+    records = [_localized(2, rid="a/s0"), _localized(None, rid="b/s0")]
+    lines = "".join(json.dumps(r) + "\n" for r in records)
+    args = ("rectify", "--model", f"hf:{tiny_model}", "--n", "2", "--max-tokens", "8", "--seed", "3")
+    first, again = run_cli(*args, input=lines), run_cli(*args, input=lines)
+    assert first.returncode == 0, first.stderr.decode()
+    rows = [json.loads(line) for line in first.stdout.decode().splitlines()]
+    assert [r["id"] for r in rows] == ["a/s0", "b/s0"] and rows[0]["rectify"]["n"] == 2
+    assert rows[0]["rectify"]["settings"]["model"] == f"hf:{tiny_model}"
+    assert first.stdout == again.stdout  # same seed, same output
+    assert "rectify:" in first.stderr.decode()
