@@ -65,6 +65,7 @@ def run_records(
     skip_invalid: bool = False,
     validate: Callable[[dict], dict] | None = None,
     done_filter: Callable[[dict, set[str]], bool] | None = None,
+    source: Iterable[dict] | None = None,
 ) -> tuple[ReadStats, RecordWriter]:
     """Read -> validate -> (skip done) -> stage -> write, flushing per record or per yielded group."""
     if resume and not output:
@@ -72,8 +73,9 @@ def run_records(
     stats = ReadStats()
     writer = RecordWriter(output, resume=resume)
     try:
-        records: Iterable[dict] = iter_jsonl(input, skip_invalid=skip_invalid, stats=stats, validate=validate,
-                                             log=log.warn)
+        # `source`: records that do not come from a JSONL file (e.g. eval --dataset gsm8k).
+        records: Iterable[dict] = source if source is not None else iter_jsonl(
+            input, skip_invalid=skip_invalid, stats=stats, validate=validate, log=log.warn)
         if resume and writer.done_ids:
             done = writer.done_ids
             is_done = done_filter or (lambda record, ids: str(record.get("id")) in ids)
@@ -179,14 +181,15 @@ def grade(
 
 # ---------------------------------------------------------------------------------------------- localize
 
-def _load_policy(spec: str, backend: Optional[str], option: str) -> Any:
-    """Load a generation backend for localize/rectify; a bad spec names the option (exit 2)."""
-    from .backends.base import load_backend
-
+def _load_policy(spec: str, backend: Optional[str], option: str, *, device: str = "cpu",
+                 base_url: Optional[str] = None) -> Any:
+    """Load the policy for rollout/rectify the way `sample` does; a bad spec names the option (exit 2)."""
     try:
-        return load_backend(spec, backend)
+        engine, _, _ = _generation_backend(spec, backend, device=device, dtype="auto", batch_size=64,
+                                           base_url=base_url, concurrency=None)
     except InputError as exc:
         raise InputError(exc.message, field=exc.field or option) from None
+    return engine
 
 
 @app.command(epilog="Example: stepdpo localize --method rollout --model hf:ckpt/sft -i wrong.jsonl > localized.jsonl")
@@ -198,6 +201,8 @@ def localize(
     neutral_is_error: Annotated[bool, typer.Option(help="judge: a 'neutral' step counts as the error (official).")] = False,
     model: Annotated[Optional[str], typer.Option(help="rollout: the policy's model spec.")] = None,
     backend: Annotated[Optional[str], typer.Option(help="Backend when the spec has no prefix (hf, vllm, openai).")] = None,
+    base_url: Annotated[Optional[str], typer.Option(help="openai: server URL for --model/--judge (else $OPENAI_BASE_URL).")] = None,
+    device: Annotated[str, typer.Option(help="hf: cpu | cuda | auto.")] = "cpu",
     rollouts: Annotated[int, typer.Option(help="rollout: continuations per step prefix.")] = 8,
     threshold: Annotated[float, typer.Option(help="rollout: a prefix whose success rate is <= this is a dead end.")] = 0.0,
     search: Annotated[str, typer.Option(help="rollout: linear | binary (OmegaPRM; assumes monotone success).")] = "linear",
@@ -234,7 +239,12 @@ def localize(
         if not judge:
             raise InputError("--method judge needs --judge SPEC (e.g. openai:gpt-4o)", field="--judge")
         prompt = load_judge_prompt(judge_prompt)
-        extra = {"endpoint": judge_endpoint} if parse_model_spec(judge, backend).backend == "openai" else {}
+        kind = parse_model_spec(judge, backend).backend
+        extra: dict[str, Any] = {"endpoint": judge_endpoint} if kind == "openai" else {}
+        if kind == "openai" and base_url:
+            extra["base_url"] = base_url
+        elif kind == "hf":
+            extra["device"] = device
         options = {"backend": load_backend(judge, backend, **extra), "spec": judge, "prompt_template": prompt,
                    "prompt_name": judge_prompt or "default", "neutral_is_error": neutral_is_error,
                    "max_tokens": max_tokens, "batch_size": batch_size, "seed": seed}
@@ -247,13 +257,18 @@ def localize(
             raise InputError(f"choose one of {', '.join(SEARCHES)}", field="--search")
         if rollouts < 1:
             raise InputError("must be >= 1", field="--rollouts")
-        options = {"backend": _load_policy(model, backend, "--model"), "spec": model, "rollouts": rollouts,
+        options = {"backend": _load_policy(model, backend, "--model", device=device, base_url=base_url),
+                   "spec": model, "rollouts": rollouts,
                    "threshold": threshold, "search": search, "temperature": temperature, "top_p": top_p,
                    "max_tokens": max_tokens, "seed": seed, "batch_size": batch_size, "template": template}
     counts: dict[str, Any] = {}
-    stats, _ = run_records(lambda records: localize_records(records, method, counts=counts, **options),
-                           input=input, output=output, resume=resume, skip_invalid=skip_invalid,
-                           validate=validate_localizable)
+    try:
+        stats, _ = run_records(lambda records: localize_records(records, method, counts=counts, **options),
+                               input=input, output=output, resume=resume, skip_invalid=skip_invalid,
+                               validate=validate_localizable)
+    finally:
+        if "backend" in options:
+            options["backend"].close()
     log.summary(f"localize ({method})", localize_summary(counts, stats.invalid))
 
 
@@ -263,6 +278,8 @@ def localize(
 def rectify(
     model: Annotated[str, typer.Option(help="The policy's model spec (hf:PATH, vllm:PATH, openai:NAME).")],
     backend: Annotated[Optional[str], typer.Option(help="Backend when the spec has no prefix.")] = None,
+    base_url: Annotated[Optional[str], typer.Option(help="openai: server URL (else $OPENAI_BASE_URL).")] = None,
+    device: Annotated[str, typer.Option(help="hf: cpu | cuda | auto.")] = "cpu",
     n: Annotated[int, typer.Option("--n", help="Continuations sampled per record.")] = 8,
     temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.8,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling.")] = 0.95,
@@ -290,16 +307,19 @@ def rectify(
         from .localizers.verifier import load_callable
 
         checker = load_callable(verify_chosen, option="--verify-chosen")
-    policy = _load_policy(model, backend, "--model")
+    policy = _load_policy(model, backend, "--model", device=device, base_url=base_url)
     counts: dict[str, Any] = {}
-    stats, _ = run_records(
-        lambda records: rectify_records(records, policy, spec=model, n=n, temperature=temperature, top_p=top_p,
-                                        max_tokens=max_tokens, seed=seed, drop_same=drop_same,
-                                        max_candidates=max_candidates, verify_chosen=checker,
-                                        verify_spec=verify_chosen or "", template=template,
-                                        batch_size=batch_size, counts=counts),
-        input=input, output=output, resume=resume, skip_invalid=skip_invalid, validate=validate_rectifiable,
-    )
+    try:
+        stats, _ = run_records(
+            lambda records: rectify_records(records, policy, spec=model, n=n, temperature=temperature, top_p=top_p,
+                                            max_tokens=max_tokens, seed=seed, drop_same=drop_same,
+                                            max_candidates=max_candidates, verify_chosen=checker,
+                                            verify_spec=verify_chosen or "", template=template,
+                                            batch_size=batch_size, counts=counts),
+            input=input, output=output, resume=resume, skip_invalid=skip_invalid, validate=validate_rectifiable,
+        )
+    finally:
+        policy.close()
     sampled = counts.get("sampled", 0)
     log.summary("rectify", {"records": counts.get("records", 0), "rectified": counts.get("rectified", 0),
                             "skipped": counts.get("skipped", 0), "sampled": sampled,
@@ -348,6 +368,265 @@ def pair(
         done_filter=done,
     )
     log.summary("pair", {**pair_summary(counts, unit), "invalid": stats.invalid})
+
+
+# ---------------------------------------------------------------------------------------------- train
+
+@app.command(epilog="Example: stepdpo train --objective step-dpo --model ckpt/sft --data pairs.jsonl --output ckpt/step-dpo")
+def train(
+    model: Annotated[str, typer.Option("--model", "-m", help="Policy: local HF dir, hub id or hf:PATH.")],
+    data: Annotated[str, typer.Option("--data", help="Training JSONL (pairs or SFT rows); - for stdin.")],
+    output: Annotated[str, typer.Option("--output", help="Output model dir (also checkpoints, ref log-probs).")],
+    objective: Annotated[str, typer.Option(help="sft | dpo | step-dpo | full-step-dpo")] = "step-dpo",
+    beta: Annotated[float, typer.Option(help="DPO beta.")] = 0.4,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = 5e-7,
+    epochs: Annotated[float, typer.Option(help="Epochs (fractions allowed).")] = 1.0,
+    batch_size: Annotated[int, typer.Option(help="Rows per micro-batch per process.")] = 4,
+    grad_accum: Annotated[int, typer.Option(help="Gradient accumulation steps.")] = 1,
+    scheduler: Annotated[str, typer.Option(help="cosine | linear | constant (with warmup).")] = "cosine",
+    warmup_ratio: Annotated[float, typer.Option(help="Warmup fraction of the steps.")] = 0.1,
+    max_length: Annotated[int, typer.Option(help="Max tokens of context + longest continuation.")] = 1024,
+    template: Annotated[Optional[str], typer.Option(help="Prompt template (default: the model's recorded one, "
+                                                         "else chat/raw); must match sample.")] = None,
+    seed: SeedOpt = 42,
+    lora: Annotated[bool, typer.Option("--lora", help="Train LoRA adapters (peft), merged into the output.")] = False,
+    lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
+    lora_alpha: Annotated[int, typer.Option(help="LoRA alpha.")] = 32,
+    merge_lora: Annotated[bool, typer.Option("--merge-lora/--no-merge-lora", help="Merge adapters into the saved model.")] = True,
+    gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing")] = False,
+    bf16: Annotated[bool, typer.Option("--bf16", help="bf16 mixed precision.")] = False,
+    loss: Annotated[str, typer.Option(help="sigmoid (DPO) | ipo")] = "sigmoid",
+    label_smoothing: Annotated[float, typer.Option(help="cDPO label smoothing (sigmoid loss).")] = 0.0,
+    nll_weight: Annotated[float, typer.Option(help="Weight of a per-token NLL term on chosen.")] = 0.0,
+    step_temperature: Annotated[float, typer.Option(help="full-step-dpo: gamma in softmax(gamma * step score).")] = 0.5,
+    save_steps: Annotated[int, typer.Option(help="Checkpoint every N steps (0: never).")] = 0,
+    logging_steps: Annotated[int, typer.Option(help="Metrics line every N steps.")] = 1,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in --output.")] = False,
+    report_to: Annotated[str, typer.Option(help="none | tensorboard (OUTPUT/runs).")] = "none",
+    deepspeed: Annotated[Optional[str], typer.Option(help="zero2 | zero3 | zero3-offload | config JSON.")] = None,
+    num_processes: Annotated[int, typer.Option(help="Processes (re-launches through accelerate launch).")] = 1,
+    config_file: Annotated[Optional[str], typer.Option(help="accelerate config yaml (multi-node).")] = None,
+    max_steps: Annotated[int, typer.Option(help="Stop after N optimizer steps (overrides --epochs).")] = 0,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.0,
+    max_grad_norm: Annotated[float, typer.Option(help="Gradient clipping (0: off).")] = 1.0,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train with SFT, DPO, Step-DPO or Full-Step-DPO; writes a HF model dir and metrics JSONL on stdout."""
+    from .records import dumps
+    from .train.data import OBJECTIVES
+    from .train.launch import needs_launch, relaunch
+    from .train.losses import LOSS_TYPES
+
+    log.set_quiet(quiet)
+    for name, value, allowed in (("--objective", objective, OBJECTIVES), ("--loss", loss, LOSS_TYPES),
+                                 ("--scheduler", scheduler, ("cosine", "linear", "constant")),
+                                 ("--report-to", report_to, ("none", "tensorboard"))):
+        if value not in allowed:
+            raise InputError(f"{value!r} is not one of {', '.join(allowed)}", field=name)
+    if needs_launch(num_processes, config_file, deepspeed):
+        code = relaunch(sys.argv[1:], num_processes=num_processes, config_file=config_file, deepspeed=deepspeed,
+                        data=data, output=output)
+        raise typer.Exit(code)
+    from .train.loop import TrainConfig, train as run_training
+
+    config = TrainConfig(
+        model=model, data=data, output=output, objective=objective, beta=beta, lr=lr, epochs=epochs,
+        batch_size=batch_size, grad_accum=grad_accum, scheduler=scheduler if scheduler != "constant"
+        else "constant_with_warmup", warmup_ratio=warmup_ratio, max_length=max_length, template=template, seed=seed,
+        lora=lora, lora_r=lora_r, lora_alpha=lora_alpha, merge_lora=merge_lora,
+        gradient_checkpointing=gradient_checkpointing, bf16=bf16, loss=loss, label_smoothing=label_smoothing,
+        nll_weight=nll_weight, step_temperature=step_temperature, save_steps=save_steps,
+        logging_steps=logging_steps, resume=resume, report_to=report_to, deepspeed=deepspeed,
+        max_steps=max_steps, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
+    )
+
+    # Libraries (DeepSpeed's logger, accelerate) print to stdout; stdout must carry only metrics JSONL.
+    # Metrics go to a duplicate of the real stdout, and fd 1 is pointed at stderr for everything else.
+    sys.stdout.flush()
+    metrics_out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+
+    def emit(metrics: dict) -> None:
+        metrics_out.write(dumps(metrics))
+        metrics_out.flush()
+
+    run_training(config, emit=emit)
+
+
+# ---------------------------------------------------------------------------------------------- sample / eval
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model spec: PATH, hf:PATH, vllm:PATH or openai:NAME.")]
+BackendOpt = Annotated[Optional[str], typer.Option("--backend", help="hf | vllm | openai (default: from --model, else hf).")]
+TemplateOpt = Annotated[Optional[str], typer.Option(
+    "--template", help="chat | alpaca | qwen2-boxed | deepseek-math | raw (default: the model dir's stepdpo.json, "
+    "else chat when the tokenizer has a chat template, else raw).")]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Sequences decoded together (hf); problems per "
+                                           "backend call = batch-size / n.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="hf: cpu | cuda | auto.")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="hf/vllm: auto | float32 | bfloat16 | float16.")]
+BaseUrlOpt = Annotated[Optional[str], typer.Option("--base-url", help="openai: server URL (e.g. http://127.0.0.1:8000/v1).")]
+ConcurrencyOpt = Annotated[Optional[int], typer.Option("--concurrency", help="openai: requests in flight.")]
+StopOpt = Annotated[Optional[list[str]], typer.Option("--stop", help="Stop string (repeatable); cut from the text.")]
+GradeTimeoutOpt = Annotated[float, typer.Option("--grade-timeout", help="Seconds allowed per answer comparison.")]
+
+
+def _generation_backend(model: str, backend: str | None, *, device: str, dtype: str, batch_size: int,
+                        base_url: str | None, concurrency: int | None) -> tuple[Any, str, int]:
+    """Load the backend a spec names with only the options that backend takes; also its model path and the
+    number of problems to send per call (hf fills `batch_size` rows; remote backends get more to overlap)."""
+    from .backends.base import load_backend, parse_model_spec
+
+    spec = parse_model_spec(model, backend)
+    options: dict[str, Any] = {}
+    if spec.backend == "hf":
+        options.update(device=device, dtype=dtype, batch_size=batch_size)
+    elif spec.backend == "vllm":
+        options.update(dtype=dtype)
+    else:
+        options.update({k: v for k, v in (("base_url", base_url), ("concurrency", concurrency)) if v is not None})
+    return load_backend(model, backend, **options), spec.model, (1 if spec.backend == "hf" else 4)
+
+
+@app.command(epilog="Example: stepdpo sample --model ckpt/sft -i problems.jsonl -o samples.jsonl --n 8 --keep wrong")
+def sample(
+    model: ModelOpt,
+    input: InputOpt = None,
+    output: OutputOpt = None,
+    backend: BackendOpt = None,
+    n: Annotated[int, typer.Option("--n", help="Solutions sampled per problem.")] = 8,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (0 = greedy).")] = 0.8,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 0.95,
+    max_tokens: Annotated[int, typer.Option(help="Tokens generated at most per solution.")] = 512,
+    seed: SeedOpt = 0,
+    keep: Annotated[str, typer.Option(help="all | wrong | right: which graded solutions to write.")] = "all",
+    template: TemplateOpt = None,
+    stop: StopOpt = None,
+    batch_size: BatchSizeOpt = 64,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = "auto",
+    base_url: BaseUrlOpt = None,
+    concurrency: ConcurrencyOpt = None,
+    grade_timeout: GradeTimeoutOpt = 5.0,
+    resume: ResumeOpt = False,
+    skip_invalid: SkipInvalidOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Sample n step-wise solutions per problem and grade them: one record per kept solution."""
+    from .backends.base import SamplingParams
+    from .stages.sample import KEEP_CHOICES, SampleStats, is_problem_done, sample_records, validate_problem
+    from .templates import template_for_model
+
+    log.set_quiet(quiet)
+    if keep not in KEEP_CHOICES:
+        raise InputError(f"choose one of {', '.join(KEEP_CHOICES)}", field="--keep")
+    if n < 1 or max_tokens < 1:
+        raise InputError("--n and --max-tokens must be >= 1", field="--n" if n < 1 else "--max-tokens")
+    engine, model_path, spread = _generation_backend(model, backend, device=device, dtype=dtype, batch_size=batch_size,
+                                                     base_url=base_url, concurrency=concurrency)
+    chosen = template_for_model(template, model_path, engine.tokenizer)
+    params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=tuple(stop or ()))
+    counts = SampleStats()
+    try:
+        with log.progress("sample", total=None) as advance:
+            stats, writer = run_records(
+                lambda records: sample_records(records, engine, params, template=chosen, seed=seed, keep=keep,
+                                               chunk_size=max(1, batch_size // n) * spread, grade_timeout=grade_timeout,
+                                               stats=counts, advance=advance),
+                input=input, output=output, resume=resume, skip_invalid=skip_invalid, validate=validate_problem,
+                done_filter=is_problem_done(n),
+            )
+    finally:
+        engine.close()
+    log.summary("sample", {**counts.as_summary(), "template": chosen, "invalid": stats.invalid,
+                           **{f"finish_{k}": v for k, v in sorted(counts.by_finish.items())}})
+
+
+@app.command("eval", epilog="Example: stepdpo eval --model ckpt/step-dpo --dataset gsm8k --limit 200 "
+                            "-o results.jsonl --summary summary.json")
+def eval_command(
+    model: ModelOpt,
+    input: InputOpt = None,
+    output: OutputOpt = None,
+    dataset: Annotated[Optional[str], typer.Option(
+        "--dataset", help="gsm8k | math | math500 (hub or HF cache) or a local file/dir in one of those shapes; "
+        "instead of -i.")] = None,
+    split: Annotated[str, typer.Option(help="Dataset split (with --dataset).")] = "test",
+    limit: Annotated[Optional[int], typer.Option(help="Evaluate the first N problems only.")] = None,
+    summary_path: Annotated[Optional[str], typer.Option("--summary", help="Write the summary JSON here.")] = None,
+    backend: BackendOpt = None,
+    n: Annotated[int, typer.Option("--n", help="Samples per problem: 1 = one answer; k > 1 = majority vote, "
+                                              "pass@k and mean accuracy.")] = 1,
+    temperature: Annotated[float, typer.Option(help="0 = greedy (default); set > 0 with --n > 1.")] = 0.0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 1.0,
+    max_tokens: Annotated[int, typer.Option(help="Tokens generated at most per solution.")] = 1024,
+    seed: SeedOpt = 0,
+    template: TemplateOpt = None,
+    stop: StopOpt = None,
+    batch_size: BatchSizeOpt = 64,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = "auto",
+    base_url: BaseUrlOpt = None,
+    concurrency: ConcurrencyOpt = None,
+    grade_timeout: GradeTimeoutOpt = 5.0,
+    resume: ResumeOpt = False,
+    skip_invalid: SkipInvalidOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Accuracy of a model on problems (greedy, or k samples): per-record results, a table on stderr."""
+    import itertools
+
+    from .backends.base import SamplingParams
+    from .datasets import load_problems
+    from .records import atomic_write_json
+    from .stages.evaluate import EvalStats, evaluate_records
+    from .stages.sample import validate_problem
+    from .templates import template_for_model
+
+    log.set_quiet(quiet)
+    if dataset and input:
+        raise InputError("give either -i FILE or --dataset NAME, not both", field="--dataset")
+    if n < 1 or max_tokens < 1:
+        raise InputError("--n and --max-tokens must be >= 1", field="--n" if n < 1 else "--max-tokens")
+    if n > 1 and temperature <= 0:
+        log.warn("--n > 1 with temperature 0 gives n identical greedy answers; set --temperature")
+    source = load_problems(dataset, split, limit) if dataset else None
+    if source is not None:
+        source = iter(source)
+        first = list(itertools.islice(source, 1))  # fail on a bad --dataset before loading the model
+        source = itertools.chain(first, source)
+    engine, model_path, spread = _generation_backend(model, backend, device=device, dtype=dtype, batch_size=batch_size,
+                                                     base_url=base_url, concurrency=concurrency)
+    chosen = template_for_model(template, model_path, engine.tokenizer)
+    params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=tuple(stop or ()))
+    results = EvalStats()
+    if resume and output and os.path.exists(output):
+        for done in iter_jsonl(output, skip_invalid=True):  # the summary covers earlier runs' records too
+            if "correct" in done:
+                results.add(done)
+    try:
+        with log.progress("eval", total=limit) as advance:
+            def stage(records: Iterable[dict]) -> Iterator[dict]:
+                if source is None and limit is not None:  # --dataset applies the limit itself
+                    records = itertools.islice(records, limit)
+                return evaluate_records(records, engine, params, template=chosen, seed=seed,
+                                        chunk_size=max(1, batch_size // n) * spread, grade_timeout=grade_timeout,
+                                        stats=results, advance=advance)
+
+            stats, _ = run_records(stage, input=input, output=output, resume=resume, skip_invalid=skip_invalid,
+                                   validate=validate_problem, source=source)
+    finally:
+        engine.close()
+    settings = {"n": n, "temperature": temperature, "top_p": top_p, "max_tokens": max_tokens, "seed": seed,
+                "stop": list(stop or ()), "split": split if dataset else None, "limit": limit}
+    report = results.summary(n, model=model, backend=getattr(engine, "name", backend), template=chosen,
+                             source=dataset or input or "<stdin>", settings=settings, invalid=stats.invalid)
+    log.table(f"eval: {model}", results.table_rows(n))
+    if summary_path:
+        atomic_write_json(summary_path, report)
+    low, high = report["ci95"]
+    log.summary("eval", {"problems": report["count"], "accuracy": report["accuracy"],
+                         "ci95": f"[{low:.3f}, {high:.3f}]", "tokens_per_s": report["tokens_per_s"],
+                         "wall_s": report["wall_seconds"]})
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,282 @@
+"""Training rows -> token ids -> packed shared-prefix batches.
+
+One row becomes one `Example`: the context (rendered prompt + `initial_reason_steps`, or + the CoT prefix
+when a row has none) and one (SFT) or two (preference) continuations. Context and continuations are
+tokenised separately and concatenated, so chosen and rejected see byte-identical context ids.
+
+A batch packs each example as ONE sequence ``[context | chosen | rejected]`` (left-padded): a 4D additive
+mask keeps chosen and rejected apart, and rejected's position ids restart where chosen's started, so the
+context is computed once per pair. Left padding puts every continuation token in the last `keep`
+positions, so the LM head only runs there (``logits_to_keep``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import torch
+
+from ..records import PROBLEM_ALIASES, InputError, content_id
+from ..steps import COT_INTRO, STEP_PREFIX, split_steps
+from ..templates import generation_prompt
+
+OBJECTIVES = ("sft", "dpo", "step-dpo", "full-step-dpo")
+COMPLETION_ALIASES = ("completion", "solution", "response", "output")
+PROMPT_FIELDS = ("prompt", *(a for a in PROBLEM_ALIASES if a != "prompt"))  # Math-Step-DPO-10K says prompt
+
+
+@dataclass
+class Example:
+    key: str  # content hash: reference log-probs are cached under it
+    prefix: list[int]
+    chosen: list[int]  # SFT: the completion
+    rejected: list[int] = field(default_factory=list)
+    chosen_steps: list[int] = field(default_factory=list)  # full-step-dpo: step index of each chosen token
+    rejected_steps: list[int] = field(default_factory=list)
+    chosen_scores: list[float] = field(default_factory=list)
+    rejected_scores: list[float] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prefix) + len(self.chosen) + len(self.rejected)
+
+
+# ---------------------------------------------------------------------------------------------- validation
+
+def _text_field(record: dict, names: tuple[str, ...], *, required: bool = True) -> str | None:
+    for name in names:
+        value = record.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise InputError(f"must be a string, not {type(value).__name__}", field=name)
+        return value
+    if required:
+        also = f" (also looked for {', '.join(names[1:])})" if len(names) > 1 else ""
+        raise InputError("missing" + also, field=names[0])
+    return None
+
+
+def _scores(record: dict, name: str, text: str) -> list[float]:
+    value = record.get(name)
+    if value is None:
+        raise InputError("missing: full-step-dpo needs one score per step (e.g. rollout success rates "
+                         "from `stepdpo localize --method rollout`)", field=name)
+    if not isinstance(value, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                              for v in value):
+        raise InputError("must be a list of numbers", field=name)
+    steps = len(split_steps(text))
+    if len(value) != steps:
+        raise InputError(f"has {len(value)} scores but the text has {steps} step(s)", field=name)
+    return [float(v) for v in value]
+
+
+def validator(objective: str) -> Callable[[dict], dict]:
+    """A `validate` function for `records.iter_jsonl`: checks the fields `objective` needs (InputError names them)."""
+    if objective not in OBJECTIVES:
+        raise InputError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}",
+                         field="--objective")
+
+    def validate(record: dict) -> dict:
+        _text_field(record, PROMPT_FIELDS)
+        steps_given = _text_field(record, ("initial_reason_steps",), required=objective == "step-dpo")
+        if objective == "sft":
+            _text_field(record, COMPLETION_ALIASES)
+            return record
+        chosen = _text_field(record, ("chosen",))
+        rejected = _text_field(record, ("rejected",))
+        if objective == "full-step-dpo":
+            _scores(record, "chosen_step_scores", _strip_intro(chosen, steps_given))
+            _scores(record, "rejected_step_scores", _strip_intro(rejected, steps_given))
+        return record
+
+    return validate
+
+
+# ---------------------------------------------------------------------------------------------- encoding
+
+def _strip_intro(text: str, steps_given: str | None) -> str:
+    """Whole solutions may still start with the CoT prefix the context already ends with."""
+    if steps_given is None and text.lstrip().startswith(STEP_PREFIX):
+        return text.lstrip()[len(STEP_PREFIX):]
+    if steps_given is None and text.lstrip().startswith(COT_INTRO + "\n"):
+        return text.lstrip()[len(COT_INTRO) + 1:]
+    return text
+
+
+def context_text(record: dict, template: str, tokenizer: Any) -> str:
+    """Rendered prompt + `initial_reason_steps`; rows without it get the CoT prefix (sample prompts end with it)."""
+    problem = _text_field(record, PROMPT_FIELDS)
+    steps_given = record.get("initial_reason_steps")
+    return generation_prompt(problem, template, tokenizer, reason_prefix=steps_given or STEP_PREFIX)
+
+
+def encode_context(tokenizer: Any, text: str) -> list[int]:
+    """Same rule as the hf backend's prompt encoding: special tokens (BOS) unless the text already has them."""
+    bos = tokenizer.bos_token
+    add_special = not (bos and text.startswith(bos))
+    return list(tokenizer(text, add_special_tokens=add_special)["input_ids"])
+
+
+def encode_continuation(tokenizer: Any, text: str, *, eos: bool, with_steps: bool = False) -> tuple[list[int], list[int]]:
+    """Token ids of `text` (+ EOS); with `with_steps`, each token's 0-based step index (via char offsets)."""
+    if not with_steps:
+        ids = list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+        return ids + ([tokenizer.eos_token_id] if eos else []), []
+    bodies = split_steps(text)
+    # A step owns its body and the marker that opens the next one ends at that body's start: boundaries
+    # are the ends of bodies 1..n-1, so "\nStep i:" belongs to step i.
+    starts, cursor = [0], 0
+    for body in bodies[:-1]:
+        found = text.find(body, cursor)
+        cursor = (found if found >= 0 else cursor) + len(body)
+        starts.append(cursor)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True) if text else None
+    ids = list(encoded["input_ids"]) if encoded else []
+    steps = []
+    for begin, _end in (encoded["offset_mapping"] if encoded else []):
+        step = 0
+        while step + 1 < len(starts) and begin >= starts[step + 1]:
+            step += 1
+        steps.append(step)
+    if eos:
+        ids.append(tokenizer.eos_token_id)
+        steps.append(len(bodies) - 1)  # EOS ends the last step
+    return ids, steps
+
+
+@dataclass
+class EncodeStats:
+    rows: int = 0
+    skipped_empty: int = 0
+    truncated: int = 0
+
+
+def encode_rows(rows: Iterable[dict], tokenizer: Any, template: str, objective: str, max_length: int,
+                stats: EncodeStats | None = None) -> list[Example]:
+    """Validated rows -> Examples. Preference rows with an empty chosen/rejected are skipped (counted):
+    a pair needs two continuations (the released Math-Step-DPO-10K has ~1.2K rows with empty `rejected`)."""
+    stats = stats if stats is not None else EncodeStats()
+    eos = objective != "step-dpo"  # partial steps must not end in EOS; whole solutions do
+    with_steps = objective == "full-step-dpo"
+    examples = []
+    for row in rows:
+        stats.rows += 1
+        steps_given = row.get("initial_reason_steps")
+        context = context_text(row, template, tokenizer)
+        if objective == "sft":
+            texts = [_strip_intro(_text_field(row, COMPLETION_ALIASES), steps_given)]
+        else:
+            texts = [_strip_intro(row["chosen"], steps_given), _strip_intro(row["rejected"], steps_given)]
+            if not all(t.strip() for t in texts):
+                stats.skipped_empty += 1
+                continue
+        prefix = encode_context(tokenizer, context)
+        encoded = [encode_continuation(tokenizer, t, eos=eos, with_steps=with_steps) for t in texts]
+        conts = [ids for ids, _ in encoded]
+        cut = _truncate(prefix, conts, max_length)
+        if cut:
+            stats.truncated += 1
+            prefix, conts = cut
+        example = Example(key=content_id(objective, context, *texts), prefix=prefix, chosen=conts[0],
+                          chosen_steps=encoded[0][1][: len(conts[0])])
+        if len(conts) > 1:
+            example.rejected, example.rejected_steps = conts[1], encoded[1][1][: len(conts[1])]
+        if with_steps:
+            example.chosen_scores = [float(s) for s in row["chosen_step_scores"]]
+            example.rejected_scores = [float(s) for s in row["rejected_step_scores"]]
+        examples.append(example)
+    return examples
+
+
+def _truncate(prefix: list[int], conts: list[list[int]], max_length: int):
+    """Fit context + the longest continuation into `max_length` (the unpacked sequence length, as in TRL):
+    drop the context's oldest tokens first (down to half the budget), then cut continuations' tails."""
+    longest = max(len(c) for c in conts)
+    if len(prefix) + longest <= max_length:
+        return None
+    keep_prefix = max(min(len(prefix), max_length - longest), min(len(prefix), max_length // 2))
+    prefix = prefix[len(prefix) - keep_prefix:]
+    room = max(max_length - len(prefix), 1)
+    return prefix, [c[:room] for c in conts]
+
+
+# ---------------------------------------------------------------------------------------------- packing
+
+@dataclass
+class PackedBatch:
+    input_ids: torch.Tensor  # (B, L) left-padded [pad | prefix | chosen | rejected]
+    position_ids: torch.Tensor  # (B, L); rejected restarts at len(prefix)
+    attention_mask: torch.Tensor  # (B, 1, L, L) additive float mask
+    keep: int  # logits_to_keep: the last `keep` positions hold every continuation token's predictor
+    target_ids: torch.Tensor  # (B, T) continuation tokens (chosen then rejected)
+    source_index: torch.Tensor  # (B, T) index into the kept logits predicting each target
+    segment: torch.Tensor  # (B, T) 1 chosen, 2 rejected, 0 padding
+    step_index: torch.Tensor  # (B, T) 0-based step of each target (full-step-dpo), else 0
+    num_tokens: int  # real (non-pad) tokens in the batch
+
+    def model_inputs(self) -> dict:
+        return {"input_ids": self.input_ids, "position_ids": self.position_ids,
+                "attention_mask": self.attention_mask, "logits_to_keep": self.keep, "use_cache": False}
+
+
+def pack(examples: list[Example], pad_id: int, dtype: torch.dtype = torch.float32) -> PackedBatch:
+    """Pack examples into shared-prefix sequences (see module doc)."""
+    lengths = [e.num_tokens for e in examples]
+    L = max(lengths)
+    T = max(len(e.chosen) + len(e.rejected) for e in examples)
+    keep = T + 1
+    B = len(examples)
+    input_ids = torch.full((B, L), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((B, L), dtype=torch.long)
+    seg_full = torch.full((B, L), -1, dtype=torch.long)  # -1 pad, 0 prefix, 1 chosen, 2 rejected
+    target_ids = torch.zeros((B, T), dtype=torch.long)
+    source_index = torch.zeros((B, T), dtype=torch.long)
+    segment = torch.zeros((B, T), dtype=torch.long)
+    step_index = torch.zeros((B, T), dtype=torch.long)
+    offset = L - keep  # position of kept-logits index 0
+    for b, e in enumerate(examples):
+        P, C, R = len(e.prefix), len(e.chosen), len(e.rejected)
+        start = L - lengths[b]
+        input_ids[b, start:] = torch.tensor(e.prefix + e.chosen + e.rejected, dtype=torch.long)
+        position_ids[b, start:start + P + C] = torch.arange(P + C)
+        position_ids[b, start + P + C:] = torch.arange(P, P + R)
+        seg_full[b, start:start + P] = 0
+        seg_full[b, start + P:start + P + C] = 1
+        seg_full[b, start + P + C:] = 2
+        prefix_end = start + P - 1  # its logits predict the first token of chosen AND of rejected
+        cont_start = start + P
+        n = C + R
+        target_ids[b, :n] = input_ids[b, cont_start:]
+        src = torch.arange(cont_start - 1, cont_start - 1 + n)
+        if R:
+            src[C] = prefix_end
+        source_index[b, :n] = src - offset
+        segment[b, :C] = 1
+        segment[b, C:n] = 2
+        if e.chosen_steps:
+            step_index[b, :C] = torch.tensor(e.chosen_steps, dtype=torch.long)
+        if e.rejected_steps:
+            step_index[b, C:n] = torch.tensor(e.rejected_steps, dtype=torch.long)
+    # key j visible to query i: j <= i, neither is padding, and j is prefix or in i's own segment.
+    q, k = seg_full[:, :, None], seg_full[:, None, :]
+    idx = torch.arange(L)
+    allowed = (idx[None, None, :] <= idx[None, :, None]) & (k >= 0) & ((k == 0) | (k == q))
+    allowed |= torch.eye(L, dtype=torch.bool)[None]  # padding queries see themselves: no all -inf rows (NaN)
+    mask = torch.zeros((B, 1, L, L), dtype=dtype)
+    mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+    return PackedBatch(input_ids, position_ids, mask, keep, target_ids, source_index, segment, step_index,
+                       num_tokens=sum(lengths))
+
+
+def token_logps(logits: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+    """(B, T) log-prob of each continuation token (0 at padding), from kept logits (B, keep, V)."""
+    logps = logits.float().log_softmax(-1)
+    rows = torch.arange(logps.shape[0], device=logps.device)[:, None]
+    out = logps[rows, batch.source_index, batch.target_ids]
+    return out * (batch.segment > 0)
+
+
+def num_batches(n: int, per_batch: int) -> int:
+    return max(1, math.ceil(n / per_batch))

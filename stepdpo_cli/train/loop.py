@@ -1,0 +1,463 @@
+"""The training loop: accelerate (+ DeepSpeed) over packed shared-prefix batches.
+
+Order of work: read + tokenise rows -> load the policy -> accelerate.prepare -> reference log-probs with
+the *initial* policy (once, cached in OUTPUT/ref_logps.pt, reused on resume; no reference model is held
+while training) -> optional resume from OUTPUT/checkpoints/step-N -> steps -> save a HF model dir.
+
+Data order is a pure function of (seed, epoch): each epoch is a seeded permutation, cut into global
+batches of batch_size * processes * grad_accum rows (wrapped around to fill the last one), so a resumed
+run sees exactly the batches the uninterrupted run would have.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from .. import log
+from ..records import InputError, atomic_write_json, derive_seed, iter_jsonl
+from ..templates import MODEL_META_FILE, template_for_model
+from .data import EncodeStats, Example, encode_rows, num_batches, pack, token_logps, validator
+from .losses import (LossConfig, chosen_nll, preference_loss, segment_sums, sft_loss, step_sums, step_weights,
+                     weighted_step_logps)
+
+REF_FILE = "ref_logps.pt"
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "trainer_state.json"
+KEEP_CHECKPOINTS = 2
+
+
+@dataclass
+class TrainConfig:
+    model: str
+    data: str
+    output: str
+    objective: str = "step-dpo"
+    beta: float = 0.4
+    lr: float = 5e-7
+    epochs: float = 1.0
+    batch_size: int = 4
+    grad_accum: int = 1
+    scheduler: str = "cosine"
+    warmup_ratio: float = 0.1
+    max_length: int = 1024
+    template: str | None = None
+    seed: int = 42
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    merge_lora: bool = True
+    gradient_checkpointing: bool = False
+    bf16: bool = False
+    loss: str = "sigmoid"
+    label_smoothing: float = 0.0
+    nll_weight: float = 0.0
+    step_temperature: float = 0.5
+    save_steps: int = 0
+    logging_steps: int = 1
+    resume: bool = False
+    report_to: str = "none"
+    deepspeed: str | None = None
+    max_steps: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    attn_implementation: str = "sdpa"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def preference(self) -> bool:
+        return self.objective != "sft"
+
+    def loss_config(self) -> LossConfig:
+        return LossConfig(self.objective, self.beta, self.loss, self.label_smoothing, self.nll_weight,
+                          self.step_temperature)
+
+
+# ---------------------------------------------------------------------------------------------- setup
+
+def _make_accelerator(config: TrainConfig):
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    # gloo on CPU, but only inside a launched run: for a plain single process accelerate must see no backend.
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or os.environ.get("LOCAL_RANK") is not None
+    handlers = [InitProcessGroupKwargs(backend="gloo")] if launched and not torch.cuda.is_available() else []
+    plugin = None
+    if config.deepspeed:
+        from accelerate.utils import DeepSpeedPlugin
+
+        from .launch import deepspeed_config
+
+        ds = deepspeed_config(config.deepspeed, config)
+        plugin = DeepSpeedPlugin(hf_ds_config=ds)
+    return Accelerator(
+        gradient_accumulation_steps=config.grad_accum,
+        mixed_precision="bf16" if config.bf16 else "no",
+        kwargs_handlers=handlers, deepspeed_plugin=plugin, step_scheduler_with_optimizer=False,
+        log_with="tensorboard" if config.report_to == "tensorboard" else None,
+        project_dir=os.path.join(config.output, "runs") if config.report_to == "tensorboard" else None,
+    )
+
+
+def _load_model(config: TrainConfig, model_path: str):
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.bfloat16 if config.bf16 and torch.cuda.is_available() else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype,
+                                                 attn_implementation=config.attn_implementation)
+    model.config.use_cache = False
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if config.lora:
+        from peft import LoraConfig, get_peft_model
+
+        if config.gradient_checkpointing:
+            model.enable_input_require_grads()
+        lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
+                          target_modules="all-linear", task_type="CAUSAL_LM")
+        model = get_peft_model(model, lora)
+    return model
+
+
+def _schedule(config: TrainConfig, num_examples: int, world: int) -> tuple[int, int]:
+    """(optimizer steps per epoch, total steps)."""
+    per_step = config.batch_size * world * config.grad_accum
+    steps_per_epoch = num_batches(num_examples, per_step)
+    total = config.max_steps or max(1, math.ceil(steps_per_epoch * config.epochs))
+    return steps_per_epoch, total
+
+
+def epoch_batches(num_examples: int, epoch: int, config: TrainConfig, world: int, rank: int) -> list[list[list[int]]]:
+    """This rank's row indices for each optimizer step of `epoch`: [step][micro-batch][row]."""
+    gen = torch.Generator().manual_seed(derive_seed(config.seed, "epoch", epoch))
+    order = torch.randperm(num_examples, generator=gen).tolist()
+    per_step = config.batch_size * world * config.grad_accum
+    steps = num_batches(num_examples, per_step)
+    order = (order * (steps * per_step // max(num_examples, 1) + 1))[: steps * per_step]  # wrap to fill
+    out = []
+    for s in range(steps):
+        chunk = order[s * per_step:(s + 1) * per_step]
+        micro = []
+        for a in range(config.grad_accum):
+            base = a * world * config.batch_size + rank * config.batch_size
+            micro.append(chunk[base:base + config.batch_size])
+        out.append(micro)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- forward
+
+def _mask_dtype(model) -> torch.dtype:
+    for p in model.parameters():
+        if p.dtype.is_floating_point:
+            return p.dtype
+    return torch.float32
+
+
+def forward(model, examples: list[Example], pad_id: int, device, dtype: torch.dtype):
+    """One shared-prefix forward: returns (packed batch on device, (B, T) token log-probs)."""
+    batch = pack(examples, pad_id, dtype)
+    for name in ("input_ids", "position_ids", "attention_mask", "target_ids", "source_index", "segment",
+                 "step_index"):
+        setattr(batch, name, getattr(batch, name).to(device))
+    logits = model(**batch.model_inputs()).logits
+    return batch, token_logps(logits, batch)
+
+
+def _num_steps(example: Example, which: int) -> int:
+    scores = example.chosen_scores if which == 1 else example.rejected_scores
+    return max(len(scores), 1)
+
+
+def per_step_logps(tok: torch.Tensor, batch, examples: list[Example]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per-row tensors of per-step summed log-probs (one entry = the whole continuation unless full-step)."""
+    S = max(max(_num_steps(e, 1), _num_steps(e, 2)) for e in examples)
+    c = step_sums(tok, batch.segment, batch.step_index, 1, S)
+    r = step_sums(tok, batch.segment, batch.step_index, 2, S)
+    return ([c[b, : _num_steps(e, 1)] for b, e in enumerate(examples)],
+            [r[b, : _num_steps(e, 2)] for b, e in enumerate(examples)])
+
+
+def compute_reference(model, examples: list[Example], accelerator, config: TrainConfig, pad_id: int,
+                      cache: dict) -> dict:
+    """Fill `cache[key] = (chosen per-step logps, rejected per-step logps)` for missing examples, sharded over
+    processes (every rank runs the same number of forwards: ZeRO-3 needs that), then gathered to all."""
+    from accelerate.utils import gather_object
+
+    missing = [e for e in examples if e.key not in cache]
+    missing = list({e.key: e for e in missing}.values())
+    if not missing:
+        return cache
+    world, rank = accelerator.num_processes, accelerator.process_index
+    per_rank = math.ceil(len(missing) / world)
+    mine = (missing[rank::world] + missing[:1] * per_rank)[:per_rank]  # pad with a duplicate to equal counts
+    dtype = _mask_dtype(model)
+    results = []
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(mine), config.batch_size):
+            chunk = mine[i:i + config.batch_size]
+            batch, tok = forward(model, chunk, pad_id, accelerator.device, dtype)
+            cs, rs = per_step_logps(tok, batch, chunk)
+            results.extend((e.key, c.cpu(), r.cpu()) for e, c, r in zip(chunk, cs, rs))
+    model.train()
+    for key, c, r in gather_object(results) if world > 1 else results:
+        cache[key] = (c, r)
+    return cache
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+def _checkpoints(output: str) -> list[tuple[int, str]]:
+    root = os.path.join(output, CHECKPOINTS)
+    if not os.path.isdir(root):
+        return []
+    found = []
+    for name in os.listdir(root):
+        path = os.path.join(root, name)
+        if name.startswith("step-") and os.path.isfile(os.path.join(path, STATE_FILE)):
+            found.append((int(name[5:]), path))
+    return sorted(found)
+
+
+def _save_checkpoint(accelerator, output: str, step: int, state: dict) -> None:
+    path = os.path.join(output, CHECKPOINTS, f"step-{step}")
+    accelerator.save_state(path)
+    if accelerator.is_main_process:
+        atomic_write_json(os.path.join(path, STATE_FILE), state)  # written last: marks the checkpoint complete
+        for _, old in _checkpoints(output)[:-KEEP_CHECKPOINTS]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+# ---------------------------------------------------------------------------------------------- loop
+
+def read_examples(config: TrainConfig, tokenizer, template: str) -> tuple[list[Example], EncodeStats]:
+    stats = EncodeStats()
+    rows = iter_jsonl(config.data, validate=validator(config.objective))
+    examples = encode_rows(rows, tokenizer, template, config.objective, config.max_length, stats)
+    if not examples:
+        raise InputError("no usable training rows" + (f" ({stats.skipped_empty} with empty chosen/rejected)"
+                                                      if stats.skipped_empty else ""), source=config.data)
+    return examples, stats
+
+
+def train(config: TrainConfig, emit: Callable[[dict], None] | None = None) -> dict:
+    """Train and save a HF model dir at `config.output`; `emit(metrics)` gets each logging step's metrics
+    (on the main process). Returns the summary dict that is also written into stepdpo.json."""
+    from transformers import AutoTokenizer, get_scheduler
+
+    from ..backends.base import parse_model_spec
+
+    spec = parse_model_spec(config.model)
+    if spec.backend != "hf":
+        raise InputError(f"train needs a local or hub transformers model, not a {spec.backend} spec",
+                         field="--model")
+    model_path = spec.model
+    if config.deepspeed and config.lora and "3" in str(config.deepspeed):
+        raise InputError("--lora with ZeRO-3 is not supported; use --deepspeed zero2", field="--lora")
+    accelerator = _make_accelerator(config)
+    main = accelerator.is_main_process
+    world, rank = accelerator.num_processes, accelerator.process_index
+    torch.manual_seed(derive_seed(config.seed, "init", rank))
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if config.objective != "step-dpo" and tokenizer.eos_token_id is None:
+        raise InputError("the tokenizer has no EOS token, needed after whole solutions", field="--model")
+    template = template_for_model(config.template, model_path, tokenizer)
+    examples, stats = read_examples(config, tokenizer, template)
+    if main:
+        log.log(f"train: {len(examples)} {config.objective} rows from {config.data} (template {template}, "
+                f"{world} process(es)" + (f", deepspeed {config.deepspeed}" if config.deepspeed else "") + ")")
+        if stats.skipped_empty:
+            log.warn(f"skipped {stats.skipped_empty} row(s) with an empty chosen or rejected")
+        if stats.truncated:
+            log.warn(f"truncated {stats.truncated} row(s) to --max-length {config.max_length}")
+
+    model = _load_model(config, model_path)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch, total_steps = _schedule(config, len(examples), world)
+    scheduler = get_scheduler(config.scheduler, optimizer, num_warmup_steps=int(config.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    dtype = _mask_dtype(model)
+
+    os.makedirs(config.output, exist_ok=True)
+    ref: dict = {}
+    if config.preference:
+        ref = _reference_logps(model, examples, accelerator, config, pad_id, model_path, template)
+
+    start_step = 0
+    checkpoints = _checkpoints(config.output) if config.resume else []
+    if checkpoints:
+        start_step, path = checkpoints[-1]
+        accelerator.load_state(path)
+        if main:
+            log.log(f"train: resumed from {path} (step {start_step})")
+    elif config.resume and main:
+        log.log("train: --resume but no checkpoint yet; starting from step 0")
+    if config.report_to == "tensorboard":
+        accelerator.init_trackers("stepdpo", config={k: v for k, v in asdict(config).items()
+                                                     if isinstance(v, (int, float, str, bool))})
+
+    loss_config = config.loss_config()
+    window: dict[str, float] = {}
+    last: dict = {}
+    tokens, t0, started = 0, time.perf_counter(), time.perf_counter()
+    model.train()
+    step = start_step
+    epoch = start_step // steps_per_epoch
+    while step < total_steps:
+        plan = epoch_batches(len(examples), epoch, config, world, rank)
+        for index in range(step - epoch * steps_per_epoch, len(plan)):
+            if step >= total_steps:
+                break
+            lr = optimizer.param_groups[0]["lr"] if not config.deepspeed else scheduler.get_last_lr()[0]
+            for micro in plan[index]:
+                with accelerator.accumulate(model):
+                    batch_examples = [examples[i] for i in micro]
+                    loss, metrics = _micro_step(model, batch_examples, ref, loss_config, pad_id,
+                                                accelerator.device, dtype)
+                    accelerator.backward(loss)
+                    grad_norm = None
+                    if accelerator.sync_gradients:
+                        grad_norm = accelerator.clip_grad_norm_(model.parameters(),
+                                                                config.max_grad_norm if config.max_grad_norm > 0
+                                                                else float("inf"))
+                    optimizer.step()
+                    scheduler.step() if accelerator.sync_gradients else None
+                    optimizer.zero_grad()
+                for k, v in metrics.items():
+                    window[k] = window.get(k, 0.0) + v
+                window["_micro"] = window.get("_micro", 0.0) + 1
+                tokens += sum(e.num_tokens for e in batch_examples)
+            step += 1
+            if grad_norm is None and hasattr(model, "get_global_grad_norm"):
+                grad_norm = model.get_global_grad_norm()
+            window["grad_norm"] = window.get("grad_norm", 0.0) + float(grad_norm if grad_norm is not None else 0.0)
+            window["_steps"] = window.get("_steps", 0.0) + 1
+            if step % config.logging_steps == 0 or step == total_steps:
+                last = _log_metrics(accelerator, window, step, steps_per_epoch, lr, tokens, time.perf_counter() - t0,
+                                    config, emit)
+                window, tokens, t0 = {}, 0, time.perf_counter()
+            if config.save_steps and step % config.save_steps == 0 and step < total_steps:
+                _save_checkpoint(accelerator, config.output, step, {"step": step, "epoch": epoch,
+                                                                    "seed": config.seed})
+        epoch += 1
+
+    summary = {"objective": config.objective, "steps": step, "rows": len(examples), "processes": world,
+               "seconds": round(time.perf_counter() - started, 2), **{k: last[k] for k in last if k != "step"}}
+    _save_model(accelerator, model, tokenizer, config, template, model_path, summary)
+    if config.report_to == "tensorboard":
+        accelerator.end_training()
+    return summary
+
+
+def _reference_logps(model, examples, accelerator, config, pad_id, model_path, template) -> dict:
+    """Reference log-probs of the initial policy, cached beside the output (reused on resume)."""
+    path = os.path.join(config.output, REF_FILE)
+    fingerprint = {"model": os.path.abspath(model_path) if os.path.exists(model_path) else model_path,
+                   "template": template, "objective": config.objective, "max_length": config.max_length}
+    cache: dict = {}
+    if os.path.isfile(path):
+        stored = torch.load(path, weights_only=False)
+        if stored.get("fingerprint") == fingerprint:
+            cache = stored["logps"]
+    before = len(cache)
+    t0 = time.perf_counter()
+    cache = compute_reference(model, examples, accelerator, config, pad_id, cache)
+    if len(cache) != before:
+        if accelerator.is_main_process:
+            torch.save({"fingerprint": fingerprint, "logps": cache}, path)
+            log.log(f"train: reference log-probs for {len(cache) - before} row(s) in "
+                    f"{time.perf_counter() - t0:.1f}s -> {path}")
+        accelerator.wait_for_everyone()
+    return cache
+
+
+def _micro_step(model, examples: list[Example], ref: dict, lc: LossConfig, pad_id: int, device, dtype):
+    batch, tok = forward(model, examples, pad_id, device, dtype)
+    if lc.objective == "sft":
+        loss = sft_loss(tok, batch.segment)
+        return loss, {"loss": loss.item()}
+    pol_c, pol_r = per_step_logps(tok, batch, examples)
+    ref_c = [ref[e.key][0].to(device) for e in examples]
+    ref_r = [ref[e.key][1].to(device) for e in examples]
+    if lc.objective == "full-step-dpo":
+        wc = [step_weights(e.chosen_scores, lc.step_temperature, chosen=True) for e in examples]
+        wr = [step_weights(e.rejected_scores, lc.step_temperature, chosen=False) for e in examples]
+    else:
+        wc = [torch.ones(len(t)) for t in pol_c]
+        wr = [torch.ones(len(t)) for t in pol_r]
+    pc, pr = _weighted(pol_c, wc), _weighted(pol_r, wr)
+    rc, rr = _weighted(ref_c, wc), _weighted(ref_r, wr)
+    losses, chosen_rewards, rejected_rewards = preference_loss(pc, pr, rc, rr, beta=lc.beta, loss=lc.loss,
+                                                               label_smoothing=lc.label_smoothing)
+    loss = losses.mean()
+    chosen_sum, rejected_sum = segment_sums(tok, batch.segment)
+    if lc.nll_weight:
+        loss = loss + lc.nll_weight * chosen_nll(chosen_sum, batch.segment).mean()
+    metrics = {
+        "loss": loss.item(),
+        "reward_accuracy": (chosen_rewards > rejected_rewards).float().mean().item(),
+        "chosen_reward": chosen_rewards.mean().item(),
+        "rejected_reward": rejected_rewards.mean().item(),
+        "margin": (chosen_rewards - rejected_rewards).mean().item(),
+        "chosen_logp": chosen_sum.detach().mean().item(),
+        "rejected_logp": rejected_sum.detach().mean().item(),
+    }
+    return loss, metrics
+
+
+def _weighted(per_step: list[torch.Tensor], weights: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack([(v * w.to(v)).sum() for v, w in zip(per_step, weights)])
+
+
+def _log_metrics(accelerator, window: dict, step: int, steps_per_epoch: int, lr: float, tokens: int,
+                 seconds: float, config: TrainConfig, emit) -> dict:
+    micro, steps = window.pop("_micro", 1.0), window.pop("_steps", 1.0)
+    names = sorted(window)
+    values = torch.tensor([window[n] / (steps if n == "grad_norm" else micro) for n in names] + [tokens],
+                          dtype=torch.float64, device=accelerator.device)
+    if accelerator.num_processes > 1:
+        values = accelerator.reduce(values, reduction="sum")
+        values[:-1] /= accelerator.num_processes
+    metrics = {"step": step, "epoch": round(step / steps_per_epoch, 4)}
+    metrics.update({n: float(values[i]) for i, n in enumerate(names)})
+    metrics["lr"] = lr
+    metrics["tokens_per_s"] = round(float(values[-1]) / max(seconds, 1e-9), 1)
+    order = ["step", "epoch", "loss", "reward_accuracy", "chosen_reward", "rejected_reward", "margin",
+             "chosen_logp", "rejected_logp", "lr", "grad_norm", "tokens_per_s"]
+    metrics = {k: metrics[k] for k in order if k in metrics}
+    if accelerator.is_main_process and emit is not None:
+        emit(metrics)
+    if config.report_to == "tensorboard":
+        accelerator.log({f"train/{k}": v for k, v in metrics.items() if k != "step"}, step=step)
+    return metrics
+
+
+def _save_model(accelerator, model, tokenizer, config: TrainConfig, template: str, model_path: str,
+                summary: dict) -> None:
+    """A HF model dir: weights (LoRA merged unless --no-merge-lora), tokenizer, stepdpo.json."""
+    accelerator.wait_for_everyone()
+    state_dict = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        if config.lora and config.merge_lora:
+            unwrapped = unwrapped.merge_and_unload()
+            state_dict = None  # the merged module's own weights
+        unwrapped.save_pretrained(config.output, state_dict=state_dict, safe_serialization=True)
+        tokenizer.save_pretrained(config.output)
+        meta = {"template": template, "objective": config.objective, "base_model": model_path,
+                "lora": config.lora, "lora_merged": config.lora and config.merge_lora,
+                "config": {k: v for k, v in asdict(config).items() if k not in ("extra",)}, "summary": summary}
+        atomic_write_json(os.path.join(config.output, MODEL_META_FILE), meta)
+        log.summary("train", {k: summary[k] for k in ("objective", "steps", "rows", "seconds", "loss",
+                                                      "reward_accuracy") if k in summary})
+    accelerator.wait_for_everyone()

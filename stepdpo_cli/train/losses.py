@@ -1,0 +1,85 @@
+"""Losses: SFT (token NLL), DPO / Step-DPO (sigmoid or IPO, cDPO label smoothing, NLL on chosen),
+Full-Step-DPO (per-step weighted log-ratios). Pure tensor functions, testable by hand.
+
+Log-probs are SUMS over continuation tokens (the step for Step-DPO, the solution for DPO), never means.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+LOSS_TYPES = ("sigmoid", "ipo")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    objective: str = "step-dpo"
+    beta: float = 0.4
+    loss: str = "sigmoid"
+    label_smoothing: float = 0.0
+    nll_weight: float = 0.0
+    step_temperature: float = 0.5
+
+
+def segment_sums(tok_logps: torch.Tensor, segment: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B,) summed log-probs of chosen (segment 1) and rejected (segment 2) tokens."""
+    return (tok_logps * (segment == 1)).sum(-1), (tok_logps * (segment == 2)).sum(-1)
+
+
+def step_sums(tok_logps: torch.Tensor, segment: torch.Tensor, step_index: torch.Tensor, which: int,
+              num_steps: int) -> torch.Tensor:
+    """(B, num_steps) summed log-probs per step of the chosen (which=1) or rejected (which=2) continuation."""
+    out = torch.zeros(tok_logps.shape[0], num_steps, dtype=tok_logps.dtype, device=tok_logps.device)
+    values = tok_logps * (segment == which)
+    return out.scatter_add(1, step_index.clamp(max=num_steps - 1), values)
+
+
+def step_weights(scores: list[float], temperature: float, *, chosen: bool) -> torch.Tensor:
+    """Full-Step-DPO step weights: n * softmax(+-gamma * score) over the n steps (Xu et al. 2025, code's
+    `reward_temp`). Chosen: higher-scored steps weigh more; rejected: lower-scored steps weigh more.
+    gamma -> 0 gives weight 1 everywhere (plain DPO); large gamma concentrates on one step (Step-DPO-like)."""
+    s = torch.tensor(scores, dtype=torch.float32)
+    sign = 1.0 if chosen else -1.0
+    return torch.softmax(sign * temperature * s, dim=0) * len(scores)
+
+
+def weighted_step_logps(per_step: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
+    """(B,) sum_i w_i * logp(step_i); `weights[b]` has one weight per step of row b."""
+    out = []
+    for b, w in enumerate(weights):
+        out.append((per_step[b, : len(w)] * w.to(per_step)).sum())
+    return torch.stack(out)
+
+
+def preference_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+                    ref_rejected: torch.Tensor, *, beta: float, loss: str = "sigmoid",
+                    label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-pair losses and the implicit rewards beta * (log pi - log ref) of chosen and rejected.
+
+    sigmoid: -(1-eps) log s(beta h) - eps log s(-beta h)   (eps = label smoothing, cDPO; eps 0 = DPO)
+    ipo:     (h - 1/(2 beta))^2                             (Azar et al.; h on summed log-probs)
+    with h = (log pi_c - log ref_c) - (log pi_r - log ref_r).
+    """
+    h = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
+    if loss == "sigmoid":
+        losses = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
+    elif loss == "ipo":
+        losses = (h - 1 / (2 * beta)) ** 2
+    else:
+        raise ValueError(f"unknown loss {loss!r}; choose one of {', '.join(LOSS_TYPES)}")
+    chosen_rewards = beta * (policy_chosen - ref_chosen).detach()
+    rejected_rewards = beta * (policy_rejected - ref_rejected).detach()
+    return losses, chosen_rewards, rejected_rewards
+
+
+def sft_loss(tok_logps: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:
+    """Mean NLL over all completion tokens of the batch."""
+    mask = segment > 0
+    return -(tok_logps * mask).sum() / mask.sum().clamp(min=1)
+
+
+def chosen_nll(policy_chosen: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:
+    """(B,) per-token NLL of each chosen continuation (the RPO-style NLL term)."""
+    return -policy_chosen / (segment == 1).sum(-1).clamp(min=1)
