@@ -119,6 +119,9 @@ class HFBackend:
     def __init__(self, model_path: str, device: str = "cpu", dtype: str | torch.dtype = "auto", batch_size: int = 64,
                  shared_prefill: bool = True, trust_remote_code: bool = False, **options: Any):
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # "Loading weights" bars are noise on a CLI's stderr
 
         self.model = model_path
         self.device = _resolve_device(device)
