@@ -1,71 +1,295 @@
-"""Answer extraction and equivalence for math reasoning (simple first version; hardened version follows)."""
+"""Final-answer extraction and equivalence for math reasoning, time-bounded and safe on hostile text.
+
+Two tiers. A pure-Python fast path (normalised strings, exact numbers with the GSM8K conventions) decides
+most answers in microseconds. What it cannot decide goes to math-verify in a persistent worker process
+that is killed and restarted when a comparison overruns its timeout: math-verify's own timeouts use
+SIGALRM, which only works on the main thread (and not at all inside C-level big-integer arithmetic), so
+a separate process is the only bound that holds from threads and from multiprocessing workers alike.
+Model text is never evaluated as code; inputs are size-capped and screened before any parser sees them.
+"""
 from __future__ import annotations
 
+import atexit
+import json
+import os
 import re
+import select
+import subprocess
+import sys
+import threading
+import time
+from fractions import Fraction
+from functools import lru_cache
 
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+MAX_ANSWER_CHARS = 1000  # a longer "answer" is not one: no real answer needs this much text
+MAX_SYMBOLIC_CHARS = 300  # longer answers are compared as strings only
+WORKER_START_TIMEOUT = 120.0  # importing sympy on a loaded machine can take many seconds
+
+# ---------------------------------------------------------------------------------------------- extraction
+
+_BOXED = re.compile(r"\\(?:boxed|fbox)")
+_BRACE_TOKEN = re.compile(r"\\.|[{}]", re.S)  # escaped chars are skipped, so \{ \} never count as braces
+_FINAL_DOLLAR = re.compile(r"final answer is\s*:?\s*\$([^$]{1,%d})\$" % MAX_ANSWER_CHARS, re.I)
+_ANSWER_IS = re.compile(r"\banswer is\s*:?\s*([^\n]{1,%d})" % MAX_ANSWER_CHARS, re.I)
+_HASHES = re.compile(r"####\s*([^\n]{1,%d})" % MAX_ANSWER_CHARS)
+_ANSWER_LINE = re.compile(r"^[ \t>*#_]*answer[*_]*\s*:[*_]*\s*([^\n]{1,%d})" % MAX_ANSWER_CHARS, re.I | re.M)
+_NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+")
+_LEADING_NUMBER = re.compile(r"\s*(?:\\?\$)?\s*(-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*\\?%)?)(?=$|[\s,;.!?)])")
 
 
-def _last_boxed(text: str) -> str | None:
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if start < 0:
-        return None
-    i = text.find("{", start)
-    if i < 0:
-        return None
-    depth = 0
-    for j in range(i, len(text)):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i + 1:j]
+def _boxed_content(text: str) -> str | None:
+    """Content of the last \\boxed{...} / \\fbox{...} (nested braces), or of `\\boxed 5`."""
+    starts = [m.end() for m in _BOXED.finditer(text)]
+    for start in reversed(starts):
+        i = start
+        while i < len(text) and text[i] == " ":
+            i += 1
+        if i < len(text) and text[i] == "{":
+            depth = 0
+            for token in _BRACE_TOKEN.finditer(text, i):
+                ch = token.group()
+                if ch == "{":
+                    depth += 1
+                elif ch == "}":
+                    depth -= 1
+                    if depth == 0:
+                        return text[i + 1:token.start()]
+            continue  # unbalanced (truncated generation): try an earlier box
+        if i > start:  # `\boxed 5`: one token up to whitespace or $
+            token = re.match(r"[^\s$]+", text[i:i + MAX_ANSWER_CHARS + 1])
+            if token:
+                return token.group()
     return None
 
 
-def _clean(ans: str) -> str:
-    ans = ans.strip().strip("$").strip().rstrip(".").strip()
-    ans = re.sub(r"\\text\{([^}]*)\}", r"\1", ans)
-    return ans.replace("\\left", "").replace("\\right", "").replace("\\!", "").strip()
+def _answer_segment(segment: str) -> str:
+    """The answer at the start of 'The answer is ...' text: $math$, else a leading number, else the clause."""
+    segment = segment.strip()
+    for opener, closer in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+        if segment.startswith(opener):
+            end = segment.find(closer, len(opener))
+            if end > len(opener):
+                return segment[len(opener):end]
+    number = _LEADING_NUMBER.match(segment)
+    if number:
+        return number.group(1)
+    # drop a trailing explanation ("..., since ...") and the sentence's full stop
+    return re.split(r"\.\s|,\s+(?:since|because|which|so)\b", segment, maxsplit=1)[0]
 
 
 def extract_answer(text: str) -> str | None:
-    """The final answer in a completion, or None if there is none."""
-    if not text:
+    """The final answer in a completion, or None.
+
+    Order: the last \\boxed{} (or \\fbox{}); else the last of "final answer is $X$", "the answer is X",
+    "#### X", "Answer: X"; else the last number. $...$, \\text{}, \\left/\\right, \\! and a trailing period are
+    stripped. An answer longer than MAX_ANSWER_CHARS is treated as none.
+    """
+    if not isinstance(text, str) or not text:
         return None
-    boxed = _last_boxed(text)
-    if boxed is not None:
-        return _clean(boxed)
-    m = re.search(r"####\s*(.+)", text)
-    if m:
-        return _clean(m.group(1))
-    m = re.search(r"answer is[:\s]*(.+)", text, flags=re.I)
-    if m:
-        return _clean(m.group(1))
-    nums = _NUMBER.findall(text)
-    return _clean(nums[-1]) if nums else None
-
-
-def _as_number(s: str) -> float | None:
-    try:
-        return float(s.replace(",", "").replace("$", "").rstrip("%"))
-    except ValueError:
+    answer = _boxed_content(text)
+    if answer is None:
+        best: tuple[int, str] | None = None
+        for pattern in (_FINAL_DOLLAR, _ANSWER_IS, _HASHES, _ANSWER_LINE):
+            for match in pattern.finditer(text):
+                if best is None or match.start() >= best[0]:
+                    segment = match.group(1) if pattern is _FINAL_DOLLAR else _answer_segment(match.group(1))
+                    best = (match.start(), segment)
+        if best is not None:
+            answer = best[1]
+    if answer is None:
+        last = None
+        for last in _NUMBER.finditer(text):
+            pass
+        if last is None:
+            return None
+        answer = last.group()
+        if answer.startswith("-") and last.start() > 0 and (text[last.start() - 1].isalnum()
+                                                             or text[last.start() - 1] in ")]}"):
+            answer = answer[1:]  # "5-3": a minus between operands is not a sign
+    answer = _strip_wrappers(answer)
+    if not answer or len(answer) > MAX_ANSWER_CHARS:
         return None
+    return answer
 
+
+# ---------------------------------------------------------------------------------------------- normalisation
+
+_TEXT_CMD = re.compile(r"\\(?:text|textbf|textrm|textit|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
+_TRAILING_TEXT = re.compile(r"^(.*?\S)\s*\\(?:text|textrm|mbox|mathrm)\s*\{\s*[A-Za-z][A-Za-z .]*\}(?:\^\{?[23]\}?)?$")
+_UNIT_WORDS = re.compile(r"^(-?[\d.,]+%?|\\frac\{[^{}]*\}\{[^{}]*\})\s+[A-Za-z][A-Za-z.]*(?:\s+[A-Za-z][A-Za-z.]*){0,3}"
+                         r"(?:\^\{?[23]\}?)?$")
+_SPACING = re.compile(r"\\(?:left|right|big|Big|bigg|Bigg|displaystyle)(?![A-Za-z])|\\[!,;: ]|\\q?quad(?![A-Za-z])")
+_DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\circ(?![A-Za-z])|°|\\degree(?![A-Za-z])|\s*degrees?$")
+_SIMPLE_LHS = re.compile(r"^[A-Za-z](?:_\{?\w+\}?)?\s*=(?!=)\s*(.+)$", re.S)
+_CHOICE = re.compile(r"^\(\s*([A-Ea-e])\s*\)$")
+
+
+def _strip_wrappers(answer: str) -> str:
+    """Remove delimiters a completion puts around its answer ($..$, \\(..\\), \\boxed{}) and a final period."""
+    answer = answer.strip()
+    for _ in range(3):
+        before = answer
+        if len(answer) > 1 and answer.startswith("$") and answer.endswith("$"):
+            answer = answer.strip("$").strip()
+        for opener, closer in (("\\(", "\\)"), ("\\[", "\\]")):
+            if answer.startswith(opener) and answer.endswith(closer):
+                answer = answer[2:-2].strip()
+        boxed = re.fullmatch(r"\\(?:boxed|fbox)\s*\{(.*)\}", answer, re.S)
+        if boxed:
+            answer = boxed.group(1).strip()
+        answer = re.sub(r"(?<!\\)\.+$", "", answer).strip()
+        if answer == before:
+            break
+    return answer
+
+
+@lru_cache(maxsize=65536)
+def _normalize(answer: str) -> str:
+    """A canonical form that keeps spacing (it is what the symbolic check reads)."""
+    s = answer.replace("\u2212", "-").replace("\u00a0", " ").replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    s = _strip_wrappers(s)
+    s = _SPACING.sub("", s)
+    s = _DEGREES.sub("", s)
+    trailing = _TRAILING_TEXT.match(s)  # "5\text{ cm}^2" -> "5": units after a value
+    if trailing:
+        s = trailing.group(1)
+    for _ in range(3):
+        s = _TEXT_CMD.sub(r"\1", s)
+    s = s.replace("\\%", "%").replace("\\$", "").strip()
+    if s.startswith("$") and not s.endswith("$"):
+        s = s[1:].strip()  # currency
+    s = re.sub(r"^(-?)\$", r"\1", s)
+    units = _UNIT_WORDS.match(s)  # "5 dollars", "3.5 hours", "12 square feet"
+    if units and not re.search(r"\b(?:pi|sqrt|i|e|or|and)\b", s[units.end(1):]):
+        s = units.group(1)
+    lhs = _SIMPLE_LHS.match(s)  # "x = 3" -> "3"
+    if lhs and "=" not in lhs.group(1):
+        s = lhs.group(1)
+    choice = _CHOICE.match(s)
+    if choice:
+        s = choice.group(1).upper()
+    return _strip_wrappers(s)
+
+
+@lru_cache(maxsize=65536)
+def _key(answer: str) -> str:
+    """String-comparison key: normalised, no spaces, \\frac12 -> \\frac{1}{2}, \\sqrt3 -> \\sqrt{3}."""
+    s = re.sub(r"\s+", "", _normalize(answer))
+    s = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", s)
+    s = re.sub(r"\\frac(\d)\{", r"\\frac{\1}{", s)
+    s = re.sub(r"\\frac\{([^{}]*)\}(\d)", r"\\frac{\1}{\2}", s)
+    s = re.sub(r"\\sqrt(\w)", r"\\sqrt{\1}", s)
+    if re.fullmatch(r"[A-Za-z ]+", s):
+        s = s.lower()
+    return s
+
+
+_PLAIN_NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+")
+_FRACTION = re.compile(r"(-?)\\frac\{(-?\d+)\}\{(-?\d+)\}|(-?\d+)/(-?\d+)")
+
+
+@lru_cache(maxsize=65536)
+def _number(key: str) -> tuple[Fraction, bool, int | None] | None:
+    """(value, is_percent, decimal places or None if exact) for a plain number, fraction or percent."""
+    percent = key.endswith("%")
+    body = key[:-1] if percent else key
+    if len(body) > 60:
+        return None
+    if _PLAIN_NUMBER.fullmatch(body):
+        body = body.replace(",", "")
+        places = len(body.split(".")[1]) if "." in body else None
+        return Fraction(body), percent, places
+    frac = _FRACTION.fullmatch(body)
+    if frac:
+        sign, num, den = (frac.group(1), frac.group(2), frac.group(3)) if frac.group(2) else ("", frac.group(4),
+                                                                                            frac.group(5))
+        if int(den) == 0:
+            return None
+        value = Fraction(int(num), int(den))
+        return (-value if sign else value), percent, None
+    return None
+
+
+def _numbers_equal(a: tuple[Fraction, bool, int | None], b: tuple[Fraction, bool, int | None]) -> bool:
+    """Exact, except that a decimal of 6+ places equals a fraction it rounds or truncates (1/3 = 0.333333)."""
+    if a[0] == b[0]:
+        return True
+    places = max(p for p in (a[2], b[2], -1) if p is not None)
+    exact_side = a if a[2] is None else b if b[2] is None else None
+    return exact_side is not None and places >= 6 and abs(a[0] - b[0]) <= Fraction(1, 10 ** places)
+
+
+def _numeric_match(pred: tuple[Fraction, bool, int | None], ref: tuple[Fraction, bool, int | None]) -> bool:
+    """GSM8K/MATH percent convention: the reference decides. Ref "50" accepts 50 and 50%; ref "0.5" accepts
+    0.5 and 50%; ref "50%" accepts 50, 50% and 0.5. A bare 0.5 never equals a bare 50."""
+    value, pct, places = pred
+    if _numbers_equal((value, False, places), (ref[0], False, ref[2])):
+        return True
+    if pct and not ref[1]:
+        return _numbers_equal((value / 100, False, None if places is None else places + 2), (ref[0], False, ref[2]))
+    if ref[1] and not pct:
+        return _numbers_equal((value * 100, False, None if places is None else max(places - 2, 0)),
+                              (ref[0], False, ref[2]))
+    return False
+
+
+# ---------------------------------------------------------------------------------------------- screening
+
+_NUMERIC_TOWER = re.compile(r"\d\s*(?:\^|\*\*)\s*[{(]?\s*-?\d+\s*[})]?\s*(?:\^|\*\*)|"
+                            r"\d\s*(?:\^|\*\*)\s*\{[^{}]*(?:\^|\*\*)")
+_HUGE_EXPONENT = re.compile(r"(?:\^|\*\*)\s*[{(]?\s*-?\d{5,}")
+_HUGE_FACTORIAL = re.compile(r"\d{4,}\s*!|\\(?:Gamma|binom)\s*\{?\s*\d{5,}")
+
+
+def _too_costly(text: str) -> bool:
+    """Inputs no real answer has that make sympy hang or eat memory: power towers, giant exponents, deep nesting."""
+    if len(text) > MAX_SYMBOLIC_CHARS or text.count("^") + text.count("**") > 12:
+        return True
+    depth = deepest = 0
+    for ch in text:
+        if ch in "{([":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "})]":
+            depth -= 1
+    if deepest > 12:
+        return True
+    return bool(_NUMERIC_TOWER.search(text) or _HUGE_EXPONENT.search(text) or _HUGE_FACTORIAL.search(text))
+
+
+# ---------------------------------------------------------------------------------------------- public API
 
 def answers_match(prediction: str | None, reference: str | list[str], timeout: float = 5.0) -> bool:
-    """True if `prediction` equals the reference (any of them, if a list)."""
+    """True if `prediction` equals the reference (any of them, if a list). Never raises on odd input."""
     if prediction is None:
         return False
-    refs = reference if isinstance(reference, list) else [reference]
-    p = _clean(prediction)
-    for ref in refs:
-        r = _clean(str(ref))
-        if p == r:
+    prediction = str(prediction)
+    if len(prediction) > MAX_ANSWER_CHARS:
+        return False
+    references = reference if isinstance(reference, list) else [reference]
+    references = [_reference_answer(str(r)) for r in references if r is not None]
+    pred_key = _key(prediction)
+    if not pred_key:
+        return False
+    pending = []
+    for ref in references:
+        ref_key = _key(ref)
+        if not ref_key:
+            continue
+        if pred_key == ref_key:
             return True
-        a, b = _as_number(p), _as_number(r)
-        if a is not None and b is not None and abs(a - b) <= 1e-9 * max(1.0, abs(b)):
+        pred_num, ref_num = _number(pred_key), _number(ref_key)
+        if pred_num is not None and ref_num is not None:
+            if _numeric_match(pred_num, ref_num):
+                return True
+            continue  # two plain numbers: decided, no symbolic second opinion
+        pending.append(ref)
+    pred_sym = _normalize(prediction)
+    if not pending or _too_costly(pred_sym):
+        return False
+    for ref in pending:
+        ref_sym = _normalize(ref)
+        if not _too_costly(ref_sym) and _symbolic_match(pred_sym, ref_sym, float(timeout)):
             return True
     return False
 
@@ -74,3 +298,209 @@ def grade(text: str, reference: str | list[str], timeout: float = 5.0) -> tuple[
     """(extracted prediction, correct) for a completion."""
     prediction = extract_answer(text)
     return prediction, answers_match(prediction, reference, timeout=timeout)
+
+
+def _reference_answer(reference: str) -> str:
+    """A reference may be a whole solution (GSM8K "... #### 72", MATH "... \\boxed{x}"): take its answer."""
+    if len(reference) > MAX_ANSWER_CHARS or "####" in reference or "\\boxed" in reference:
+        return extract_answer(reference) or reference[:MAX_ANSWER_CHARS]
+    return reference
+
+
+# ---------------------------------------------------------------------------------------------- symbolic tier
+
+_symbolic_cache: dict[tuple[str, str], bool] = {}
+_CACHE_LIMIT = 50000
+
+
+def _symbolic_match(pred: str, ref: str, timeout: float) -> bool:
+    key = (pred, ref)
+    cached = _symbolic_cache.get(key)
+    if cached is not None:
+        return cached
+    result = _pool().compare(pred, ref, timeout)
+    if len(_symbolic_cache) >= _CACHE_LIMIT:
+        _symbolic_cache.clear()
+    _symbolic_cache[key] = result
+    return result
+
+
+class _Worker:
+    """One math-verify process speaking JSON lines on its stdin/stdout."""
+
+    def __init__(self) -> None:
+        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_parent,
+                                                                          os.environ.get("PYTHONPATH")])),
+               "OMP_NUM_THREADS": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from stepdpo_cli.grading import _worker_main; _worker_main()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=None if os.environ.get("STEPDPO_DEBUG") else subprocess.DEVNULL,
+            env=env, start_new_session=True)  # own session: a terminal Ctrl-C goes to the parent only
+        self._buffer = b""
+        self.ready = False
+
+    def _readline(self, deadline: float) -> bytes | None:
+        fd = self.proc.stdout.fileno()  # type: ignore[union-attr]
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not poller.poll(remaining * 1000):
+                return None
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise EOFError("grading worker exited")
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line
+
+    def compare(self, pred: str, ref: str, timeout: float) -> bool | None:
+        """True/False, or None when the worker overran `timeout` or died (the caller then replaces it)."""
+        if not self.ready:
+            if self._readline(time.monotonic() + WORKER_START_TIMEOUT) != b"ready":
+                raise RuntimeError("grading worker did not start (is math-verify installed?)")
+            self.ready = True
+        self.proc.stdin.write(json.dumps({"p": pred, "r": ref}).encode() + b"\n")  # type: ignore[union-attr]
+        self.proc.stdin.flush()  # type: ignore[union-attr]
+        line = self._readline(time.monotonic() + timeout)
+        return None if line is None else bool(json.loads(line)["ok"])
+
+    def kill(self) -> None:
+        try:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+
+    def detach(self) -> None:
+        """In a forked child: close our copies of the parent's pipes without touching its process."""
+        for stream in (self.proc.stdin, self.proc.stdout):
+            try:
+                os.close(stream.fileno())  # type: ignore[union-attr]
+            except Exception:  # noqa: BLE001
+                pass
+        self.proc.returncode = 0  # so Popen.__del__ does not try to reap a process that is not our child
+
+
+class _WorkerPool:
+    """Up to `size` workers; a thread checks one out for one comparison. Replaced wholesale after fork()."""
+
+    def __init__(self, size: int) -> None:
+        self.pid = os.getpid()
+        self.size = size
+        self.idle: list[_Worker] = []
+        self.count = 0
+        self.cond = threading.Condition()
+        self.warned = False
+
+    def _checkout(self) -> _Worker:
+        with self.cond:
+            while not self.idle and self.count >= self.size:
+                self.cond.wait()
+            if self.idle:
+                return self.idle.pop()
+            self.count += 1
+        try:
+            return _Worker()
+        except Exception:
+            with self.cond:
+                self.count -= 1
+                self.cond.notify()
+            raise
+
+    def _release(self, worker: _Worker | None) -> None:
+        with self.cond:
+            if worker is None:
+                self.count -= 1
+            else:
+                self.idle.append(worker)
+            self.cond.notify()
+
+    def compare(self, pred: str, ref: str, timeout: float) -> bool:
+        worker = self._checkout()
+        try:
+            result = worker.compare(pred, ref, timeout)
+        except Exception as exc:  # noqa: BLE001 - a broken worker means "not shown equal", never a crash
+            result = None
+            if not self.warned:
+                self.warned = True
+                print(f"warning: symbolic grading unavailable: {exc}", file=sys.stderr)
+        if result is None:  # overran or died: kill it, start a replacement now so it warms up meanwhile
+            worker.kill()
+            try:
+                replacement: _Worker | None = _Worker()
+            except Exception:  # noqa: BLE001
+                replacement = None
+            self._release(replacement)
+            return False
+        self._release(worker)
+        return result
+
+    def close(self) -> None:
+        if os.getpid() != self.pid:
+            return
+        with self.cond:
+            workers, self.idle = self.idle, []
+        for worker in workers:
+            worker.kill()
+
+
+_POOL: _WorkerPool | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> _WorkerPool:
+    global _POOL
+    pool = _POOL
+    if pool is not None and pool.pid == os.getpid():
+        return pool
+    with _POOL_LOCK:
+        if _POOL is not None and _POOL.pid != os.getpid():  # forked: the parent's workers are not ours
+            for worker in _POOL.idle:
+                worker.detach()
+            _POOL = None
+        if _POOL is None:
+            _POOL = _WorkerPool(int(os.environ.get("STEPDPO_GRADE_WORKERS", "2")))
+        return _POOL
+
+
+@atexit.register
+def _shutdown() -> None:
+    if _POOL is not None:
+        _POOL.close()
+
+
+def _worker_main() -> None:
+    """The worker process: read {"p", "r"} lines, answer {"ok"} lines. Protocol on a private copy of stdout."""
+    import logging
+    import resource
+
+    try:  # a runaway expression hits MemoryError instead of the machine's swap
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+    except (ValueError, OSError):
+        pass
+    protocol = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # stray prints from libraries cannot corrupt the protocol
+    logging.disable(logging.CRITICAL)
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+
+    config = [LatexExtractionConfig(), ExprExtractionConfig()]
+
+    def equal(pred: str, ref: str) -> bool:
+        # parsing_timeout/timeout_seconds None: no SIGALRM; the parent process enforces the time bound.
+        gold = parse(f"${ref}$", config, parsing_timeout=None)  # type: ignore[arg-type]
+        target = parse(f"${pred}$", config, parsing_timeout=None)  # type: ignore[arg-type]
+        return bool(gold and target and verify(gold, target, timeout_seconds=None))
+
+    protocol.write(b"ready\n")
+    protocol.flush()
+    for line in sys.stdin.buffer:
+        try:
+            request = json.loads(line)
+            ok = equal(str(request["p"])[:MAX_SYMBOLIC_CHARS], str(request["r"])[:MAX_SYMBOLIC_CHARS])
+        except Exception:  # noqa: BLE001 - unparsable means not shown equal
+            ok = False
+        protocol.write(json.dumps({"ok": ok}).encode() + b"\n")
+        protocol.flush()
