@@ -44,7 +44,10 @@ def _open_text(path: str | None) -> tuple[IO[bytes], str]:
         return sys.stdin.buffer, "<stdin>"
     if not os.path.exists(path):
         raise InputError("no such file", source=path)
-    raw: IO[bytes] = open(path, "rb")
+    try:
+        raw: IO[bytes] = open(path, "rb")
+    except OSError as exc:  # a directory, no permission: the user's input, not our failure
+        raise InputError(f"cannot read: {exc.strerror or exc}", source=path) from None
     if path.endswith(".gz"):
         raw = gzip.open(raw, "rb")  # type: ignore[assignment]
     return raw, path
@@ -61,6 +64,8 @@ def iter_jsonl(path: str | None = None, *, skip_invalid: bool = False, stats: Re
     handle, source = _open_text(path)
     try:
         for number, line in enumerate(handle, start=1):
+            if number == 1 and line.startswith(b"\xef\xbb\xbf"):
+                line = line[3:]  # a UTF-8 byte-order mark (editors on Windows write one)
             if not line.strip():
                 continue
             try:

@@ -256,3 +256,14 @@ def test_stdin_is_read_when_no_path_is_given(monkeypatch):
     fake = io.TextIOWrapper(io.BytesIO(b'{"id": "s"}\n'))
     monkeypatch.setattr(sys, "stdin", fake)
     assert list(iter_jsonl(None)) == [{"id": "s"}]
+
+
+def test_a_byte_order_mark_and_crlf_line_ends_are_accepted(tmp_path):
+    path = tmp_path / "windows.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"id": "a"}\r\n{"id": "b"}\r\n')
+    assert [r["id"] for r in iter_jsonl(str(path))] == ["a", "b"]
+
+
+def test_a_directory_as_input_is_an_input_error(tmp_path):
+    with pytest.raises(InputError, match="cannot read"):
+        list(iter_jsonl(str(tmp_path)))
