@@ -124,3 +124,38 @@ class ScriptedPolicy:
 
     def close(self) -> None:
         pass
+
+
+def flag_first_step(problem: str, steps: list[str], record: dict) -> dict:
+    """A verifier for free text (the random tiny model): step 1 is wrong, and here is its correction."""
+    return {"verdicts": [False] + [None] * (len(steps) - 1), "corrections": {1: " 1 + 1 = 2."}}
+
+
+def serve_policy(policy: "ScriptedPolicy"):
+    """Serve `policy` as an OpenAI-compatible /v1/completions endpoint on 127.0.0.1; returns (server, base_url)."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            prompt = body["prompt"] if isinstance(body["prompt"], str) else body["prompt"][0]
+            n, seed = int(body.get("n") or 1), int(body.get("seed") or 0)
+            choices = [{"index": j, "text": policy.complete(prompt, seed, j).text, "finish_reason": "stop",
+                        "logprobs": None} for j in range(n)]
+            data = json.dumps({"id": "c", "object": "text_completion", "created": 0, "model": body["model"],
+                               "choices": choices,
+                               "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}/v1"
