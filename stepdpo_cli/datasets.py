@@ -7,6 +7,7 @@ file is recognised from its columns, so `--dataset path/to/gsm8k_test.parquet` w
 """
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from typing import Any, Iterable, Iterator
@@ -31,11 +32,8 @@ def load_problems(name_or_path: str, split: str = "test", limit: int | None = No
     """
     if limit is not None and limit < 0:
         raise InputError("must be >= 0", field="--limit")
-    rows = _rows(name_or_path, split)
-    for count, record in enumerate(rows):
-        if limit is not None and count >= limit:
-            return
-        yield record
+    # islice never pulls the record after the last one, so no further subject config is loaded.
+    yield from itertools.islice(_rows(name_or_path, split), limit)
 
 
 def _rows(name_or_path: str, split: str) -> Iterator[dict]:

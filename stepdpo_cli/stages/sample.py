@@ -67,7 +67,12 @@ def chunks(records: Iterable[dict], size: int) -> Iterator[list[dict]]:
 
 def generate_for_problems(problems: list[dict], backend: Backend, params: SamplingParams, *, template: str,
                           seed: int) -> tuple[list[list[Any]], list[int], float]:
-    """Completions for each problem (per-problem derived seeds), the seeds used, and the seconds spent."""
+    """Completions for each problem (per-problem derived seeds), the seeds used, and the seconds spent.
+
+    Problems are normalised here too (idempotent), so Python callers may pass raw records with aliases.
+    """
+    for problem in problems:
+        normalize_problem(problem)
     seeds = [derive_seed(seed, p["id"]) for p in problems]
     requests = [Request(generation_prompt(p["problem"], template, backend.tokenizer), seed=s)
                 for p, s in zip(problems, seeds)]
