@@ -70,6 +70,10 @@ def run_records(
     """Read -> validate -> (skip done) -> stage -> write, flushing per record or per yielded group."""
     if resume and not output:
         raise InputError("--resume needs -o FILE", field="--resume")
+    if input and output and input != "-" and output != "-" and os.path.exists(input) and os.path.exists(output) \
+            and os.path.samefile(input, output):
+        # Opening -o would empty the input before a single line is read.
+        raise InputError("is the same file as -i; write to another file", source=output, field="--output")
     stats = ReadStats()
     writer = RecordWriter(output, resume=resume)
     try:

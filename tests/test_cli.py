@@ -183,3 +183,10 @@ def test_a_closed_pipe_downstream_is_not_an_error():
 def test_stepdpo_debug_shows_the_traceback_for_developers(debug):
     proc = run_cli("grade", "-i", "/nonexistent/in.jsonl", env={"STEPDPO_DEBUG": debug})
     assert proc.returncode == 2 and "Traceback" in proc.stderr.decode()
+
+
+def test_output_onto_the_input_file_is_refused_before_it_is_emptied(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_text(jsonl(*GOOD))
+    assert_one_line_error(run_cli("grade", "-i", str(path), "-o", str(path)), "same file as -i")
+    assert [r["id"] for r in read_records(path)] == [r["id"] for r in GOOD]
