@@ -427,9 +427,14 @@ def train(
                                  ("--report-to", report_to, ("none", "tensorboard"))):
         if value not in allowed:
             raise InputError(f"{value!r} is not one of {', '.join(allowed)}", field=name)
+    # Libraries (DeepSpeed's logger, accelerate) print to stdout; stdout must carry only metrics JSONL.
+    # Metrics go to a duplicate of the real stdout, and fd 1 is pointed at stderr for everything else.
+    sys.stdout.flush()
+    metrics_fd = os.dup(1)
+    os.dup2(2, 1)
     if needs_launch(num_processes, config_file, deepspeed):
         code = relaunch(sys.argv[1:], num_processes=num_processes, config_file=config_file, deepspeed=deepspeed,
-                        data=data, output=output)
+                        data=data, output=output, stdout=metrics_fd)
         raise typer.Exit(code)
     from .train.loop import TrainConfig, train as run_training
 
@@ -444,11 +449,7 @@ def train(
         max_steps=max_steps, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
     )
 
-    # Libraries (DeepSpeed's logger, accelerate) print to stdout; stdout must carry only metrics JSONL.
-    # Metrics go to a duplicate of the real stdout, and fd 1 is pointed at stderr for everything else.
-    sys.stdout.flush()
-    metrics_out = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)
+    metrics_out = os.fdopen(metrics_fd, "wb")
 
     def emit(metrics: dict) -> None:
         metrics_out.write(dumps(metrics))

@@ -83,8 +83,9 @@ def child_argv(argv: list[str], data_path: str | None = None) -> list[str]:
 
 
 def relaunch(argv: list[str], *, num_processes: int, config_file: str | None, deepspeed: str | None,
-             data: str, output: str) -> int:
-    """Run `python -m accelerate.commands.launch ... -m stepdpo_cli train ARGS`; returns its exit code."""
+             data: str, output: str, stdout: int | None = None) -> int:
+    """Run `python -m accelerate.commands.launch ... -m stepdpo_cli train ARGS`; returns its exit code.
+    `stdout`: the fd the children's metrics JSONL goes to (the launcher's own chatter goes to stderr)."""
     data_path = None
     if data == "-":  # children cannot share our stdin: spool it beside the output
         os.makedirs(output, exist_ok=True)
@@ -95,6 +96,8 @@ def relaunch(argv: list[str], *, num_processes: int, config_file: str | None, de
     env[LAUNCHED_ENV] = "1"
     env.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(os.path.expanduser("~"), ".cache", "stepdpo",
                                                         "torch_extensions"))
+    if not _has_cuda():
+        env.setdefault("DS_ACCELERATOR", "cpu")  # else DeepSpeed probes and prints a warning on stdout
     cmd = [sys.executable, "-m", "accelerate.commands.launch"]
     if config_file:
         if not os.path.isfile(config_file):
@@ -110,7 +113,7 @@ def relaunch(argv: list[str], *, num_processes: int, config_file: str | None, de
             if not _has_cuda():
                 env["ACCELERATE_USE_CPU"] = "true"  # plain DDP over gloo on CPU
     cmd += ["-m", "stepdpo_cli", *child_argv(argv, data_path)]
-    return subprocess.run(cmd, env=env).returncode
+    return subprocess.run(cmd, env=env, stdout=stdout).returncode
 
 
 def _has_cuda() -> bool:
