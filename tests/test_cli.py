@@ -190,3 +190,20 @@ def test_output_onto_the_input_file_is_refused_before_it_is_emptied(tmp_path):
     path.write_text(jsonl(*GOOD))
     assert_one_line_error(run_cli("grade", "-i", str(path), "-o", str(path)), "same file as -i")
     assert [r["id"] for r in read_records(path)] == [r["id"] for r in GOOD]
+
+
+def test_every_problem_alias_and_answer_form_through_sample(tiny_model, tmp_path):
+    """Users bring GSM8K/MATH/MetaMath files with different field names: `sample` reads them all."""
+    problems = [{"problem": "1+1?", "answer": 2}, {"prompt": "2+2?", "answer": "4"},
+                {"question": "3+3?", "answer": [6, "six"]}, {"instruction": "4+4?", "answer": 8.0, "id": 7}]
+    proc = run_cli("sample", "--model", tiny_model, "--n", "1", "--max-tokens", "2", "--keep", "all",
+                   input=jsonl(*problems), env={"OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    records = parse_stdout(proc)
+    assert [r["problem"] for r in records] == ["1+1?", "2+2?", "3+3?", "4+4?"]
+    assert [r["answer"] for r in records] == ["2", "4", ["6", "six"], "8"]
+    assert records[1]["prompt"] == "2+2?" and records[2]["question"] == "3+3?"  # originals kept
+    assert records[3]["id"].startswith("7")
+    bad = run_cli("sample", "--model", tiny_model, "--n", "1", "--max-tokens", "2",
+                  input=jsonl(problems[0], {"question": "no answer"}))
+    assert_one_line_error(bad, "<stdin>:2", "field 'answer'")
