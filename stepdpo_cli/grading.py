@@ -40,13 +40,14 @@ _LEADING_NUMBER = re.compile(r"\s*(?:\\?\$)?\s*(-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\
 def _boxed_content(text: str) -> str | None:
     """Content of the last \\boxed{...} / \\fbox{...} (nested braces), or of `\\boxed 5`."""
     starts = [m.end() for m in _BOXED.finditer(text)]
-    for start in reversed(starts):
+    for start in reversed(starts[-3:]):  # only the last few: hostile text can hold 100k unbalanced boxes
         i = start
         while i < len(text) and text[i] == " ":
             i += 1
         if i < len(text) and text[i] == "{":
             depth = 0
-            for token in _BRACE_TOKEN.finditer(text, i):
+            # the scan is bounded: a box longer than MAX_ANSWER_CHARS is not an answer anyway
+            for token in _BRACE_TOKEN.finditer(text, i, i + MAX_ANSWER_CHARS + 2):
                 ch = token.group()
                 if ch == "{":
                     depth += 1
@@ -54,8 +55,8 @@ def _boxed_content(text: str) -> str | None:
                     depth -= 1
                     if depth == 0:
                         return text[i + 1:token.start()]
-            continue  # unbalanced (truncated generation): try an earlier box
-        if i > start:  # `\boxed 5`: one token up to whitespace or $
+            continue  # unbalanced or overlong (truncated generation): try an earlier box
+        if i > start:  # `\\boxed 5`: one token up to whitespace or $
             token = re.match(r"[^\s$]+", text[i:i + MAX_ANSWER_CHARS + 1])
             if token:
                 return token.group()
@@ -77,6 +78,13 @@ def _answer_segment(segment: str) -> str:
     return re.split(r"\.\s|,\s+(?:since|because|which|so)\b", segment, maxsplit=1)[0]
 
 
+def _last_match(pattern: re.Pattern, text: str, pos: int = 0) -> re.Match | None:
+    last = None
+    for last in pattern.finditer(text, pos):
+        pass
+    return last
+
+
 def extract_answer(text: str) -> str | None:
     """The final answer in a completion, or None.
 
@@ -88,28 +96,30 @@ def extract_answer(text: str) -> str | None:
         return None
     answer = _boxed_content(text)
     if answer is None:
-        best: tuple[int, str] | None = None
+        best: tuple[int, re.Match, re.Pattern] | None = None
         for pattern in (_FINAL_DOLLAR, _ANSWER_IS, _HASHES, _ANSWER_LINE):
-            for match in pattern.finditer(text):
-                if best is None or match.start() >= best[0]:
-                    segment = match.group(1) if pattern is _FINAL_DOLLAR else _answer_segment(match.group(1))
-                    best = (match.start(), segment)
+            match = _last_match(pattern, text)
+            if match is not None and (best is None or match.start() >= best[0]):
+                best = (match.start(), match, pattern)
         if best is not None:
-            answer = best[1]
+            _, match, pattern = best
+            answer = match.group(1) if pattern is _FINAL_DOLLAR else _answer_segment(match.group(1))
     if answer is None:
-        last = None
-        for last in _NUMBER.finditer(text):
-            pass
+        tail = max(0, len(text) - 4096)  # the last number is almost always near the end: look there first
+        tail = text.rfind(" ", 0, tail) + 1 if tail else 0  # never start inside a number
+        last = _last_match(_NUMBER, text, tail) or (_last_match(_NUMBER, text[:tail + 64]) if tail else None)
         if last is None:
             return None
         answer = last.group()
         if answer.startswith("-") and last.start() > 0 and (text[last.start() - 1].isalnum()
                                                              or text[last.start() - 1] in ")]}"):
             answer = answer[1:]  # "5-3": a minus between operands is not a sign
-    answer = _strip_wrappers(answer)
-    if not answer or len(answer) > MAX_ANSWER_CHARS:
+    if len(answer) > MAX_ANSWER_CHARS:
         return None
-    return answer
+    answer = _SPACING.sub("", answer)
+    for _ in range(3):  # \text{(C)} -> (C), \text{ cm} -> cm; nested wrappers peel one level per pass
+        answer = _TEXT_CMD.sub(r"\1", answer)
+    return _strip_wrappers(answer) or None
 
 
 # ---------------------------------------------------------------------------------------------- normalisation
@@ -118,7 +128,7 @@ _TEXT_CMD = re.compile(r"\\(?:text|textbf|textrm|textit|mathrm|mathbf|mbox|opera
 _TRAILING_TEXT = re.compile(r"^(.*?\S)\s*\\(?:text|textrm|mbox|mathrm)\s*\{\s*[A-Za-z][A-Za-z .]*\}(?:\^\{?[23]\}?)?$")
 _UNIT_WORDS = re.compile(r"^(-?[\d.,]+%?|\\frac\{[^{}]*\}\{[^{}]*\})\s+[A-Za-z][A-Za-z.]*(?:\s+[A-Za-z][A-Za-z.]*){0,3}"
                          r"(?:\^\{?[23]\}?)?$")
-_SPACING = re.compile(r"\\(?:left|right|big|Big|bigg|Bigg|displaystyle)(?![A-Za-z])|\\[!,;: ]|\\q?quad(?![A-Za-z])")
+_SPACING = re.compile(r"\\(?:left|right|big|Big|bigg|Bigg|displaystyle)(?![A-Za-z])|(?<!\\)\\[!,;: ]|\\q?quad(?![A-Za-z])")
 _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\circ(?![A-Za-z])|°|\\degree(?![A-Za-z])|\s*degrees?$")
 _SIMPLE_LHS = re.compile(r"^[A-Za-z](?:_\{?\w+\}?)?\s*=(?!=)\s*(.+)$", re.S)
 _CHOICE = re.compile(r"^\(\s*([A-Ea-e])\s*\)$")
@@ -319,6 +329,8 @@ def _symbolic_match(pred: str, ref: str, timeout: float) -> bool:
     if cached is not None:
         return cached
     result = _pool().compare(pred, ref, timeout)
+    if result is None:  # timed out: not cached, a later call with more time may decide it
+        return False
     if len(_symbolic_cache) >= _CACHE_LIMIT:
         _symbolic_cache.clear()
     _symbolic_cache[key] = result
@@ -418,7 +430,8 @@ class _WorkerPool:
                 self.idle.append(worker)
             self.cond.notify()
 
-    def compare(self, pred: str, ref: str, timeout: float) -> bool:
+    def compare(self, pred: str, ref: str, timeout: float) -> bool | None:
+        """True/False, or None when the comparison overran `timeout` (its worker is then replaced)."""
         worker = self._checkout()
         try:
             result = worker.compare(pred, ref, timeout)
@@ -434,7 +447,7 @@ class _WorkerPool:
             except Exception:  # noqa: BLE001
                 replacement = None
             self._release(replacement)
-            return False
+            return None
         self._release(worker)
         return result
 

@@ -1,0 +1,194 @@
+"""Grading: labelled extraction and equivalence cases (MATH- and GSM8K-style), hostile inputs, time bounds
+from the main thread, from threads and from multiprocessing workers."""
+from __future__ import annotations
+
+import multiprocessing
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from stepdpo_cli.grading import answers_match, extract_answer, grade
+
+# (completion, expected extracted answer)
+EXTRACTION = [
+    ("Step 1: 2+3=5.\nStep 2: So the answer is $\\boxed{5}$.", "5"),
+    ("Thus $\\cos 30^\\circ = \\boxed{\\frac{\\sqrt{3}}{2}}$.", "\\frac{\\sqrt{3}}{2}"),
+    ("First \\boxed{3}, but on reflection \\boxed{4}.", "4"),
+    ("The result is \\fbox{7}.", "7"),
+    ("So it is $\\boxed 5$.", "5"),
+    ("\\boxed{\\{1,2\\}}", "\\{1,2\\}"),
+    ("\\boxed{\\left( 1, 2 \\right)}", "( 1, 2 )"),
+    ("\\boxed{\\text{(C)}}", "(C)"),
+    ("$\\boxed{10\\%}$", "10\\%"),
+    ("The total is \\boxed{1,\\!000}.", "1,000"),
+    ("Final Answer: The final answer is $\\frac{3}{4}$. I hope it is correct.", "\\frac{3}{4}"),
+    ("Final Answer: The final answer is $-\\frac{1}{2}$. I hope it is correct.", "-\\frac{1}{2}"),
+    ("The answer is 18 dollars.", "18"),
+    ("The answer is: $x = 3$.", "x = 3"),
+    ("The answer is 5, since 2+3=5", "5"),
+    ("The answer is \\$5.00.", "5.00"),
+    ("So the answer is \\(\\sqrt{2}\\).", "\\sqrt{2}"),
+    ("The answer is 3.5 hours", "3.5"),
+    ("Natalia sold 48/2 = 24 clips in May.\nShe sold 48+24 = 72 clips.\n#### 72", "72"),
+    ("#### 1,000", "1,000"),
+    ("Work shown above.\nAnswer: 42\n", "42"),
+    ("**Answer:** 17", "17"),
+    ("She has 3 apples and buys 4 more, so 7 in total.", "7"),
+    ("I got 5-3 so 2.", "2"),
+    ("The temperature fell to -5 overnight", "-5"),
+    ("It costs 1,234.50 in all", "1,234.50"),
+    ("I don't know.", None),
+    ("", None),
+]
+
+
+@pytest.mark.parametrize("completion,expected", EXTRACTION)
+def test_extract_answer(completion, expected):
+    assert extract_answer(completion) == expected
+
+
+# (prediction, reference, correct): fast-path and symbolic cases, both outcomes
+MATCHES = [
+    # GSM8K numbers, separators, currency, units
+    ("1,000", "1000", True), ("1000", "1,000", True), ("1,234,567", "1234567", True), ("$1,200", "1200", True),
+    ("$5.00", "5", True), ("\\$5", "5", True), ("5 dollars", "5", True), ("18 dollars", "18.00", True),
+    ("12 apples", "12", True), ("3.5 hours", "3.5", True), ("2 \\text{ cm}", "2", True), ("5\\text{ inches}^2", "5", True),
+    ("7 cm^2", "7", True), ("5.0", "5", True), ("3.5", "3.50", True), ("0.1", "0.10", True), ("05", "5", True),
+    ("1,000", "1.000", False), ("100", "1000", False), ("3.5", "35", False), ("10", "10.5", False), ("5", "6", False),
+    # percent: the reference's convention decides
+    ("50%", "50", True), ("50\\%", "50", True), ("50%", "0.5", True), ("0.5", "50\\%", True), ("50", "50\\%", True),
+    ("12.5%", "0.125", True), ("0.125", "12.5\\%", True), ("0.5", "50", False), ("50", "0.5", False),
+    ("25", "0.25", False),
+    # negative numbers
+    ("-5", "-5", True), ("\u22125", "-5", True), ("-5", "5", False), ("5", "-5", False), ("-0.5", "-\\frac{1}{2}", True),
+    # fractions and decimals
+    ("\\frac{1}{2}", "0.5", True), ("0.5", "\\frac{1}{2}", True), ("\\dfrac{1}{2}", "\\frac12", True),
+    ("\\tfrac{3}{4}", "0.75", True), ("1/2", "\\frac{1}{2}", True), ("\\frac{-1}{2}", "-\\frac{1}{2}", True),
+    ("\\frac{2}{4}", "\\frac{1}{2}", True), ("\\frac{10}{4}", "2.5", True), ("0.25", "\\frac{1}{4}", True),
+    ("\\frac{1}{3}", "0.3333333", True), ("\\frac{1}{3}", "0.333", False), ("\\frac{1}{2}", "\\frac{1}{3}", False),
+    ("\\frac{3}{2}", "\\frac{2}{3}", False), ("0.2", "\\frac14", False),
+    # radicals
+    ("\\frac{\\sqrt3}{2}", "\\frac{\\sqrt{3}}{2}", True), ("\\dfrac{\\sqrt{3}}{2}", "\\frac{\\sqrt3}{2}", True),
+    ("\\sqrt{4}", "2", True), ("2\\sqrt{2}", "\\sqrt{8}", True), ("\\sqrt{3}/2", "\\frac{\\sqrt{3}}{2}", True),
+    ("\\sqrt{2}", "2", False), ("3\\sqrt{2}", "2\\sqrt{3}", False), ("0.866", "\\frac{\\sqrt{3}}{2}", False),
+    # intervals
+    ("(-\\infty, 3]", "(-\\infty,3]", True), ("\\left[ 1, 2 \\right)", "[1,2)", True), ("(2, \\infty)", "(2,\\infty)", True),
+    ("(-\\infty,3)", "(-\\infty,3]", False), ("[1,2)", "[1,2]", False), ("(-2,5)", "(-5,2)", False),
+    # sets and tuples
+    ("2, 3", "3, 2", True), ("\\{1,2\\}", "\\{2,1\\}", True), ("(1, 2)", "(1,2)", True),
+    ("\\left( 1, 2 \\right)", "(1,2)", True), ("(1,2)", "(2,1)", False), ("1, 2", "1, 3", False),
+    ("(3,-4)", "(3,4)", False),
+    # degrees, equations
+    ("30^\\circ", "30", True), ("30^{\\circ}", "30", True), ("30\u00b0", "30", True), ("30 degrees", "30", True),
+    ("60^\\circ", "30", False), ("x = 3", "3", True), ("3", "x=3", True), ("x=3", "x = 3", True), ("x = -3", "3", False),
+    ("y = 2x + 3", "2x+3", True),
+    # expressions and constants
+    ("x^2+2x+1", "(x+1)^2", True), ("2x+3", "3+2x", True), ("2^3", "8", True), ("\\dfrac{\\pi}{2}", "\\frac{\\pi}{2}", True),
+    ("2^3", "9", False), ("x+1", "x-1", False), ("2\\pi", "2", False), ("\\pi", "3.14", False),
+    # words and choices
+    ("\\text{(C)}", "C", True), ("(A)", "\\text{(A)}", True), ("\\text{Monday}", "monday", True), ("(B)", "C", False),
+    ("Tuesday", "Monday", False),
+    # matrices
+    ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix}1\\\\2\\end{pmatrix}", True),
+    # list references: any of them
+    ("4", ["3", "4"], True), ("\\frac{1}{2}", ["0.5", "1/2"], True), ("5", ["3", "4"], False),
+    # no answer
+    (None, "5", False), ("", "5", False),
+]
+
+
+@pytest.mark.parametrize("prediction,reference,correct", MATCHES)
+def test_answers_match(prediction, reference, correct):
+    assert answers_match(prediction, reference) is correct
+
+
+# (completion, reference, correct): grade() end to end, references in the shapes datasets ship them
+GRADES = [
+    ("Step 1: 48/2 = 24.\nStep 2: 48 + 24 = 72.\n#### 72", "Natalia sold 48/2 = 24 clips.\n#### 72", True),
+    ("Step 1: 48/2 = 24.\nStep 2: 48 + 24 = 70.\nThe answer is 70.", "72", False),
+    ("So the answer is $\\boxed{\\dfrac{1}{2}}$.", "\\frac{1}{2}", True),
+    ("So the answer is $\\boxed{\\dfrac{1}{3}}$.", "\\frac{1}{2}", False),
+    ("We get $x = \\boxed{-2}$.", ["-2", "2"], True),
+    ("The final answer is $\\boxed{(-\\infty, 3]}$.", "Solving gives $\\boxed{(-\\infty,3]}$.", True),
+    ("The answer is 50%.", "50", True),
+    ("The answer is 0.5.", "50", False),
+    ("No final answer here.", "5", False),
+]
+
+
+@pytest.mark.parametrize("completion,reference,correct", GRADES)
+def test_grade(completion, reference, correct):
+    prediction, ok = grade(completion, reference)
+    assert ok is correct
+    assert prediction == extract_answer(completion)
+
+
+def test_case_count():
+    assert len(EXTRACTION) + len(MATCHES) + len(GRADES) >= 100
+
+
+# ---------------------------------------------------------------------------------------------- hostile input
+
+def hostile_strings(marker_dir: str) -> list[str]:
+    code = f"__import__('os').system('touch {marker_dir}/pwned')"
+    return [
+        code, "\\boxed{" + code + "}", f"The answer is {code}",
+        "10^10^10^10", "\\boxed{10^{10^{10^{10}}}}", "(10^10)^(10^10)", "9^9^9", "2^{99999999}", "99999!",
+        "{" * 10000 + "1" + "}" * 10000, "\\boxed{" + "{" * 10000 + "1" + "}" * 10000 + "}",
+        "(" * 400 + "x" + ")" * 400, "7" * 1_000_000, "x " * 500_000, "\\boxed{" * 100_000, "The answer is " * 80_000,
+    ]
+
+
+def _check_hostile(marker_dir: str) -> list[bool]:
+    results = []
+    for text in hostile_strings(marker_dir):
+        results.append(answers_match(text, "5", timeout=3.0))
+        results.append(grade(text, "5", timeout=3.0)[1])
+    return results
+
+
+def test_hostile_main_thread(tmp_path):
+    assert not any(_check_hostile(str(tmp_path)))
+    assert not (tmp_path / "pwned").exists()
+    assert answers_match("x^2+2x+1", "(x+1)^2")  # the symbolic tier still works afterwards
+
+
+def test_hostile_and_symbolic_from_threads(tmp_path):
+    jobs = [("x^2+2x+1", "(x+1)^2", True), ("(1,2)", "(2,1)", False), ("\\sqrt{8}", "2\\sqrt{2}", True),
+            ("2, 3", "3, 2", True), ("1,000", "1000", True), ("2\\pi", "2", False)] * 3
+    with ThreadPoolExecutor(8) as pool:
+        hostile = list(pool.map(lambda _: _check_hostile(str(tmp_path)), range(4)))
+        results = list(pool.map(lambda job: answers_match(job[0], job[1]), jobs))
+    assert not any(any(r) for r in hostile)
+    assert results == [job[2] for job in jobs]
+    assert not (tmp_path / "pwned").exists()
+
+
+def _in_worker(marker_dir: str) -> tuple[bool, list[bool]]:
+    return answers_match("\\sqrt{8}", "2\\sqrt{2}"), _check_hostile(marker_dir)
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_hostile_and_symbolic_from_multiprocessing_workers(tmp_path, method):
+    assert answers_match("3\\sqrt{3}", "\\sqrt{27}")  # the parent has live workers before it forks
+    with multiprocessing.get_context(method).Pool(2) as pool:  # daemonic workers: no multiprocessing children
+        results = pool.map(_in_worker, [str(tmp_path)] * 2)
+    for symbolic, hostile in results:
+        assert symbolic is True
+        assert not any(hostile)
+    assert not (tmp_path / "pwned").exists()
+    assert answers_match("2x+3", "3+2x")  # the parent's workers survived the children
+
+
+def test_overrun_comparison_is_false_then_worker_is_replaced():
+    # a timeout far below any real comparison: the worker is killed, the answer is "not shown equal"
+    assert answers_match("\\frac{x^2-1}{x-1}", "x+1", timeout=1e-6) is False
+    # timeouts are not cached, and the replacement worker decides the same comparison
+    assert answers_match("\\frac{x^2-1}{x-1}", "x+1", timeout=30.0) is True
+
+
+def test_non_string_and_odd_inputs_never_raise():
+    assert answers_match(5, "5") is True  # type: ignore[arg-type]
+    assert answers_match("5", [None, "5"]) is True  # type: ignore[list-item]
+    assert answers_match("\\frac{1}{0}", "1") is False
+    assert extract_answer(None) is None  # type: ignore[arg-type]
