@@ -1,0 +1,169 @@
+"""The training loop on the tiny model: DPO objectives start at log 2, Step-DPO learns its pairs,
+LoRA trains only adapters, an interrupted run resumes to the same metrics, multi-process runs complete."""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import orjson
+import pytest
+import torch
+
+from conftest import run_cli
+from stepdpo_cli.train.loop import REF_FILE, TrainConfig, train
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def _reset_accelerate():
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+
+
+def _run(config: TrainConfig, stop_at: int | None = None) -> list[dict]:
+    """Train in-process; `stop_at` simulates a crash right after that step's metrics."""
+    _reset_accelerate()
+    metrics: list[dict] = []
+
+    def emit(m):
+        metrics.append(m)
+        if stop_at is not None and m["step"] == stop_at:
+            raise KeyboardInterrupt
+
+    try:
+        train(config, emit=emit)
+    except KeyboardInterrupt:
+        pass
+    return metrics
+
+
+def _pairs(path, n=16, scores=False):
+    with open(path, "w") as handle:
+        for i in range(n):
+            a, b = i, i + 3
+            row = {"dataset": "toy", "prompt": f"What is {a}+{b}?",
+                   "initial_reason_steps": "Let's think step by step.\nStep 1: We add the numbers.\nStep 2:",
+                   "chosen": f" {a}+{b}={a + b}.", "rejected": f" {a}+{b}={a + b + 1}.",
+                   "full_chosen": f" {a}+{b}={a + b}.", "full_rejected": f" {a}+{b}={a + b + 1}.",
+                   "answer": str(a + b)}
+            if scores:
+                row.update(chosen=f" {a}+{b}={a + b}.\nStep 3: The answer is {a + b}.",
+                           rejected=f" {a}+{b}={a + b + 1}.\nStep 3: The answer is {a + b + 1}.",
+                           chosen_step_scores=[1.0, 1.0], rejected_step_scores=[0.0, 0.0])
+                del row["initial_reason_steps"]
+            handle.write(json.dumps(row) + "\n")
+    return str(path)
+
+
+def _config(model, data, out, **kw) -> TrainConfig:
+    base = dict(model=model, data=data, output=str(out), objective="step-dpo", lr=1e-3, batch_size=4,
+                scheduler="constant_with_warmup", warmup_ratio=0.0, seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.mark.parametrize("objective,extra", [("step-dpo", {}), ("dpo", {"label_smoothing": 0.1}),
+                                             ("full-step-dpo", {})])
+def test_preference_loss_starts_at_log2(tiny_model, tmp_path, objective, extra):
+    data = _pairs(tmp_path / "p.jsonl", n=8, scores=objective == "full-step-dpo")
+    [first] = _run(_config(tiny_model, data, tmp_path / "o", objective=objective, max_steps=1, **extra))
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    # policy == reference at step 1 (up to float noise from different batch padding)
+    assert abs(first["chosen_reward"]) < 1e-5 and abs(first["rejected_reward"]) < 1e-5
+
+
+def test_step_dpo_learns_its_pairs(tiny_model, tmp_path):
+    """30 steps on 16 pairs: afterwards the trained model prefers chosen on >= 90% of them."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from stepdpo_cli.records import iter_jsonl
+    from stepdpo_cli.train.data import encode_rows, pack, token_logps
+    from stepdpo_cli.train.losses import segment_sums
+
+    data = _pairs(tmp_path / "p.jsonl")
+    out = tmp_path / "o"
+    metrics = _run(_config(tiny_model, data, out, max_steps=30, report_to="tensorboard"))
+    assert len(metrics) == 30
+    assert os.listdir(out / "runs")  # tensorboard events
+
+    model = AutoModelForCausalLM.from_pretrained(str(out))
+    tok = AutoTokenizer.from_pretrained(str(out))
+    meta = json.loads((out / "stepdpo.json").read_text())
+    examples = encode_rows(iter_jsonl(data), tok, meta["template"], "step-dpo", 1024)
+    ref = torch.load(out / REF_FILE, weights_only=False)["logps"]
+    with torch.no_grad():
+        batch = pack(examples, tok.pad_token_id)
+        pc, pr = segment_sums(token_logps(model(**batch.model_inputs()).logits, batch), batch.segment)
+    rc = torch.stack([ref[e.key][0].sum() for e in examples])
+    rr = torch.stack([ref[e.key][1].sum() for e in examples])
+    accuracy = ((pc - rc) > (pr - rr)).float().mean().item()
+    assert accuracy >= 0.9
+
+
+def test_lora_trains_only_adapters(tiny_model, tmp_path):
+    from safetensors.torch import load_file
+
+    from stepdpo_cli.train.loop import _load_model
+
+    config = _config(tiny_model, "", tmp_path / "o", lora=True, lora_r=4)
+    trainable = [n for n, p in _load_model(config, tiny_model).named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+
+    data = _pairs(tmp_path / "p.jsonl", n=8)
+    _run(_config(tiny_model, data, tmp_path / "o", lora=True, lora_r=4, max_steps=3))
+    before = load_file(os.path.join(tiny_model, "model.safetensors"))
+    after = load_file(str(tmp_path / "o" / "model.safetensors"))  # merged: a plain HF checkpoint
+    assert set(after) == set(before)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.endswith("proj.weight") for k in changed)  # embeddings / norms untouched
+
+
+def test_interrupted_run_resumes_to_the_same_metrics(tiny_model, tmp_path):
+    data = _pairs(tmp_path / "p.jsonl")
+    steady = _run(_config(tiny_model, data, tmp_path / "a", max_steps=8, batch_size=2, grad_accum=2,
+                          scheduler="cosine", warmup_ratio=0.25))
+    crashed = _run(_config(tiny_model, data, tmp_path / "b", max_steps=8, batch_size=2, grad_accum=2,
+                           scheduler="cosine", warmup_ratio=0.25, save_steps=3), stop_at=5)
+    assert [m["step"] for m in crashed] == [1, 2, 3, 4, 5]
+    assert (tmp_path / "b" / REF_FILE).exists() and not (tmp_path / "b" / "model.safetensors").exists()
+    resumed = _run(_config(tiny_model, data, tmp_path / "b", max_steps=8, batch_size=2, grad_accum=2,
+                           scheduler="cosine", warmup_ratio=0.25, save_steps=3, resume=True))
+    assert [m["step"] for m in resumed] == [4, 5, 6, 7, 8]
+    for a, b in zip(steady[3:], resumed):
+        for key in ("loss", "reward_accuracy", "margin", "chosen_logp", "rejected_logp", "lr", "grad_norm"):
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
+    assert (tmp_path / "b" / "model.safetensors").exists()
+
+
+def _multi_process(tiny_model, tmp_path, *extra):
+    data = _pairs(tmp_path / "p.jsonl", n=8)
+    out = tmp_path / "o"
+    proc = run_cli("train", "--model", tiny_model, "--data", data, "--output", str(out), "--objective", "step-dpo",
+                   "--lr", "1e-3", "--batch-size", "2", "--max-steps", "2", "--num-processes", "2", *extra)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    metrics = [orjson.loads(line) for line in proc.stdout.splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2]
+    assert metrics[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert json.loads((out / "stepdpo.json").read_text())["summary"]["processes"] == 2
+    return metrics
+
+
+@pytest.mark.distributed
+def test_two_process_ddp(tiny_model, tmp_path):
+    _multi_process(tiny_model, tmp_path)
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_two_process_zero2(tiny_model, tmp_path):
+    _multi_process(tiny_model, tmp_path, "--deepspeed", "zero2")
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_two_process_zero3(tiny_model, tmp_path):
+    _multi_process(tiny_model, tmp_path, "--deepspeed", "zero3")
