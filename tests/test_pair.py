@@ -79,8 +79,17 @@ def test_dpo_format_uses_whole_solutions_from_the_same_material():
     assert row["initial_reason_steps"] == STEP_PREFIX
     assert row["chosen"] == join_steps(solution_steps(NUMBERS)) and row["rejected"] == record["completion"]
     assert row["full_chosen"] == row["chosen"] and row["format"] == "dpo"
-    assert row["rejected_step_scores"] == [1.0, 1.0, 0.0, None, 0.0]
-    assert row["chosen_step_scores"] == [1.0, 1.0, None, None, 1.0]
+    # Measured rates where known, the localizer's labels elsewhere: what full-step-dpo training reads.
+    assert row["rejected_step_scores"] == [1.0, 1.0, 0.0, 0.0, 0.0]
+    assert row["chosen_step_scores"] == [1.0, 1.0, 1.0, 1.0, 1.0]
+    [plain] = _pairs([_rectified(2)], format="dpo")  # a verifier's labels only
+    assert plain["rejected_step_scores"] == [1.0, 0.0, 0.0, 0.0, 0.0]
+
+
+def test_pairs_carry_the_problem_fields_of_their_record():
+    [row] = _pairs([_rectified(2, level=3, subject="arith")])
+    assert row["level"] == 3 and row["subject"] == "arith" and row["problem_id"] == "p0"
+    assert "candidates" not in row and "completion" not in row and "steps" not in row
 
 
 def test_reference_step_source_is_the_ood_ablation():
@@ -125,3 +134,18 @@ def test_cli_pair_token_ratio_with_a_tokenizer(tiny_model):
 def test_cli_pair_bad_options_exit_2(args):
     proc = run_cli("pair", *args, input=json.dumps(_rectified(2)) + "\n")
     assert proc.returncode == 2 and proc.stdout == b""
+
+
+def test_train_accepts_pair_rows_for_each_objective(tiny_model):
+    data = pytest.importorskip("stepdpo_cli.train.data")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    records = [_rectified(k, rid=f"p{i}/s0") for i, k in enumerate([1, 3, 4])]
+    step_rows = _pairs([dict(r) for r in records])
+    dpo_rows = _pairs([dict(r) for r in records], format="dpo")
+    for objective, rows in (("step-dpo", step_rows), ("dpo", dpo_rows), ("full-step-dpo", dpo_rows)):
+        validate = data.validator(objective)
+        examples = data.encode_rows([validate(dict(r)) for r in rows], tokenizer, "raw", objective, 512)
+        assert len(examples) == len(rows) == 3, objective
+        assert all(e.chosen and e.rejected for e in examples)

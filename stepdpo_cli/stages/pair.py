@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Iterator
 
 from ..records import InputError
-from ..steps import STEP_PREFIX, continuation_steps, join_steps, prefix_text
+from ..steps import STEP_PREFIX, join_steps, prefix_text, split_steps
 from .rectify import same_step, validate_rectifiable
 
 FORMATS = ("step", "dpo")
@@ -48,14 +48,31 @@ def _choices(record: dict, chosen_source: str) -> list[tuple[str, str, str, dict
             for j, c in enumerate(record.get("candidates", []))]
 
 
-def _scores(record: dict, k: int, n_continuation: int) -> tuple[list | None, list | None]:
-    """Per-step success rates for whole-solution rows (full-step-dpo): known for the shared prefix and the
-    wrong solution; the winner's own later steps are unknown (null) except its final, correct, step."""
-    scores = record.get("step_scores")
-    if not isinstance(scores, list):
-        return None, None
-    chosen = list(scores[: k - 1]) + [None] * max(n_continuation - 1, 0) + [1.0]
-    return chosen, list(scores)
+def _step_labels(record: dict, k: int, chosen_text: str, rejected_text: str) -> tuple[list, list]:
+    """Per-step scores for whole-solution rows (full-step-dpo needs one number per step of each text).
+
+    Rollout success rates where measured; elsewhere the localizer's own labels: 1.0 before the first error
+    (the prefix is solvable), 0.0 from it on; the winner's own steps are 1.0 (it reaches the answer)."""
+    measured = record.get("step_scores") if isinstance(record.get("step_scores"), list) else []
+
+    def label(i: int, after_error: float) -> float:  # i is 0-based
+        value = measured[i] if i < len(measured) else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        return 1.0 if i < k - 1 else after_error
+
+    n_rejected = len(split_steps(rejected_text))
+    n_chosen = len(split_steps(chosen_text))
+    rejected = [label(i, 0.0) for i in range(n_rejected)]
+    chosen = [label(i, 1.0) if i < k - 1 else 1.0 for i in range(n_chosen)]
+    return chosen, rejected
+
+
+# Pipeline fields that describe the wrong solution or a stage's work, not the problem: not copied into pairs
+# (their content is in the pair's own fields or its provenance). Every other input field is copied.
+_NOT_COPIED = frozenset({"problem", "completion", "steps", "prediction", "correct", "candidates", "generation",
+                         "sample_index", "judge_raw", "step_verdicts", "step_scores", "rollouts_spent", "rectify",
+                         "localize_status", "reference_step"})
 
 
 def pair_records(records: Iterable[dict], *, format: str = "step", chosen_source: str = "model",
@@ -68,7 +85,7 @@ def pair_records(records: Iterable[dict], *, format: str = "step", chosen_source
     if chosen_source not in CHOSEN_SOURCES:
         raise InputError(f"choose one of {', '.join(CHOSEN_SOURCES)}", field="--chosen-source")
     counts = counts if counts is not None else {}
-    seen: set[tuple[str, str, str]] = set()
+    seen: set[tuple[str, ...]] = set()
     per_problem: dict[str, int] = {}
 
     def drop(reason: str) -> None:
@@ -99,14 +116,16 @@ def pair_records(records: Iterable[dict], *, format: str = "step", chosen_source
                 chosen_text = prefix[len(STEP_PREFIX):] + continuation
                 row = {"prompt": record["problem"], "initial_reason_steps": STEP_PREFIX, "chosen": chosen_text,
                        "rejected": join_steps(steps), "full_chosen": chosen_text, "full_rejected": join_steps(steps)}
-                chosen_scores, rejected_scores = _scores(record, k, len(continuation_steps(continuation)))
-                if rejected_scores is not None:
-                    row["chosen_step_scores"], row["rejected_step_scores"] = chosen_scores, rejected_scores
+                row["chosen_step_scores"], row["rejected_step_scores"] = _step_labels(
+                    record, k, chosen_text, row["rejected"])
             else:
                 row = {"prompt": record["problem"], "initial_reason_steps": prefix, "chosen": chosen,
                        "rejected": rejected, "full_chosen": continuation,
                        "full_rejected": join_steps(list(steps[k - 1:]), start=k)}
-            key = (row["prompt"], row["initial_reason_steps"], row["chosen"])
+            # Step rows: one per (prompt, prefix, chosen) as the official merge; whole-solution rows share
+            # one correct solution across many wrong ones, so their key includes the rejected text.
+            key = (row["prompt"], row["initial_reason_steps"], row["chosen"]) + (
+                (row["rejected"],) if format == "dpo" else ())
             if key in seen:
                 drop("duplicate")
                 continue
@@ -116,6 +135,7 @@ def pair_records(records: Iterable[dict], *, format: str = "step", chosen_source
                 continue
             seen.add(key)
             per_problem[problem] = per_problem.get(problem, 0) + 1
+            row = {**{key: value for key, value in record.items() if key not in _NOT_COPIED}, **row}
             row.update({"answer": record["answer"], "dataset": record.get("dataset", ""),
                         "id": f"{record['id']}/{suffix}", "source_id": record["id"],
                         "problem_id": record.get("problem_id"), "first_error_step": k, "format": format,
