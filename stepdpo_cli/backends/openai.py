@@ -68,7 +68,7 @@ class OpenAIBackend:
         self.extra_body = dict(extra_body or {})
         self.retry_base_delay = retry_base_delay
         self.retry_max_delay = retry_max_delay
-        self.ignored_options = sorted(k for k, v in kw.items() if v is not None)  # e.g. hf/vllm-only flags
+        self.ignored_options = sorted(kw)  # hf/vllm options the CLI passes to every backend (device, dtype, ...)
         # The key is held only by the client (which never prints it) and used to redact server messages.
         self._secret = key if key != "EMPTY" else None
         self._client = openai.OpenAI(api_key=key, base_url=base_url, timeout=timeout, max_retries=0)
@@ -77,8 +77,6 @@ class OpenAIBackend:
         self._lock = threading.Lock()
         self._jitter = random.Random()  # jitter only spaces out retries; it never affects outputs
         self._warned: set[str] = set()
-        if self.ignored_options:
-            self._warn_once("options", f"openai backend ignores options: {', '.join(self.ignored_options)}")
 
     def __repr__(self) -> str:
         return f"OpenAIBackend(model={self.model!r}, base_url={self.base_url!r}, endpoint={self.endpoint!r})"
