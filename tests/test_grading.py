@@ -182,9 +182,9 @@ def test_hostile_and_symbolic_from_multiprocessing_workers(tmp_path, method):
 
 def test_overrun_comparison_is_false_then_worker_is_replaced():
     # a timeout far below any real comparison: the worker is killed, the answer is "not shown equal"
-    assert answers_match("\\frac{x^2-1}{x-1}", "x+1", timeout=1e-6) is False
+    assert answers_match("\\sin^2 x + \\cos^2 x", "1", timeout=1e-6) is False
     # timeouts are not cached, and the replacement worker decides the same comparison
-    assert answers_match("\\frac{x^2-1}{x-1}", "x+1", timeout=30.0) is True
+    assert answers_match("\\sin^2 x + \\cos^2 x", "1", timeout=30.0) is True
 
 
 def test_non_string_and_odd_inputs_never_raise():
