@@ -147,3 +147,14 @@ def test_judge_through_real_openai_backend_and_local_server(judge_server, tmp_pa
     assert rows[1]["localizer"]["method"] == "judge" and rows[1]["localizer"]["judge"] == "openai:judge-model"
     stderr = out.stderr.decode()
     assert "undecided=1" in stderr and "sk-test-secret-123" not in stderr + out.stdout.decode()
+
+
+def test_a_local_hf_model_can_be_the_judge(tiny_model):
+    record = {"id": "a", "problem": "1+1?", "answer": "2", "steps": [" 1 + 1 = 3.", " \\boxed{3}"]}
+    out = run_cli("localize", "--method", "judge", "--judge", f"hf:{tiny_model}", "--max-tokens", "8",
+                  input=json.dumps(record) + "\n")
+    assert out.returncode == 0, out.stderr.decode()
+    [row] = [json.loads(line) for line in out.stdout.decode().splitlines()]
+    # A random model says nothing a parser can use: the record is kept, undecided, with the raw text.
+    assert row["localize_status"] == "undecided" and row["first_error_step"] is None
+    assert isinstance(row["judge_raw"], str) and row["localizer"]["judge"] == f"hf:{tiny_model}"
