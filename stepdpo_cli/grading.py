@@ -132,7 +132,7 @@ _UNIT_WORDS = re.compile(r"^(-?[\d.,]+%?|\\frac\{[^{}]*\}\{[^{}]*\})\s+[A-Za-z][
                          r"(?:\^\{?[23]\}?)?$")
 _SPACING = re.compile(r"\\(?:left|right|big|Big|bigg|Bigg|displaystyle)(?![A-Za-z])|(?<!\\)\\[!,;: ]|\\q?quad(?![A-Za-z])")
 _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\circ(?![A-Za-z])|°|\\degree(?![A-Za-z])|\s*degrees?$")
-_SIMPLE_LHS = re.compile(r"^[A-Za-z](?:_\{?\w+\}?)?\s*=(?!=)\s*(.+)$", re.S)
+_SIMPLE_LHS = re.compile(r"^[A-Za-z](?:_\{?\w+\}?)?\s*(?:=(?!=)|\\in(?![A-Za-z]))\s*(.+)$", re.S)
 _CHOICE = re.compile(r"^\(\s*([A-Ea-e])\s*\)$")
 
 
@@ -155,7 +155,7 @@ def _strip_wrappers(answer: str) -> str:
     return answer
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=8192)
 def _normalize(answer: str) -> str:
     """A canonical form that keeps spacing (it is what the symbolic check reads)."""
     s = answer.replace("\u2212", "-").replace("\u00a0", " ").replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
@@ -183,7 +183,7 @@ def _normalize(answer: str) -> str:
     return _strip_wrappers(s)
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=8192)
 def _key(answer: str) -> str:
     """String-comparison key: normalised, no spaces, \\frac12 -> \\frac{1}{2}, \\sqrt3 -> \\sqrt{3}."""
     s = re.sub(r"\s+", "", _normalize(answer))
@@ -199,9 +199,10 @@ def _key(answer: str) -> str:
 _WORDS = re.compile(r"[a-z][a-z ]+")
 _PLAIN_NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+")
 _FRACTION = re.compile(r"(-?)\\frac\{(-?\d+)\}\{(-?\d+)\}|(-?\d+)/(-?\d+)")
+_MIXED = re.compile(r"(-?)(\d+)\\frac\{(\d+)\}\{(\d+)\}")  # 2\frac{1}{4} = 9/4, as MATH writes it
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=8192)
 def _number(key: str) -> tuple[Fraction, bool, int | None] | None:
     """(value, is_percent, decimal places or None if exact) for a plain number, fraction or percent."""
     percent = key.endswith("%")
@@ -220,6 +221,10 @@ def _number(key: str) -> tuple[Fraction, bool, int | None] | None:
             return None
         value = Fraction(int(num), int(den))
         return (-value if sign else value), percent, None
+    mixed = _MIXED.fullmatch(body)
+    if mixed and int(mixed.group(4)) != 0:
+        value = int(mixed.group(2)) + Fraction(int(mixed.group(3)), int(mixed.group(4)))
+        return (-value if mixed.group(1) else value), percent, None
     return None
 
 

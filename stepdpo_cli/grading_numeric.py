@@ -15,6 +15,8 @@ _TOKEN = re.compile(r"(\d+(?:\.\d*)?|\.\d+)|\\(frac|sqrt|pi|cdot|times|div|infty
 _MAX_EXPONENT = 400.0
 _POINTS = 3
 _REL_TOL = 1e-9
+_DECIMAL_TOL = 1e-5
+_MIXED_NUMBER = re.compile(r"\d\\frac")
 
 
 class Unevaluable(Exception):
@@ -173,18 +175,18 @@ def _values(tokens: list[tuple[str, str]], names: list[str]) -> list[float]:
     return [_Parser(list(tokens), _point(names, i)).parse() for i in range(_POINTS)]
 
 
-def _agree(a: float, b: float) -> bool | None:
+def _agree(a: float, b: float, tol: float) -> bool | None:
     """Equal / different / cannot tell: floats cannot separate 2^100 from 2^100+1, or 10^-20 from 0."""
     if math.isinf(a) or math.isinf(b):
         return a == b
     size = max(abs(a), abs(b))
     if size > 1e12 or (size < 1e-6 and a != b):
         return None
-    return abs(a - b) <= _REL_TOL * size
+    return abs(a - b) <= tol * size
 
 
-def _same(a: list[float], b: list[float]) -> bool | None:
-    verdicts = [_agree(x, y) for x, y in zip(a, b)]
+def _same(a: list[float], b: list[float], tol: float) -> bool | None:
+    verdicts = [_agree(x, y, tol) for x, y in zip(a, b)]
     return False if False in verdicts else None if None in verdicts else True
 
 
@@ -236,6 +238,8 @@ def _element_values(element: str, names: list[str]) -> list[float]:
 
 def numeric_verdict(pred_key: str, ref_key: str) -> bool | None:
     """True/False when arithmetic decides it, None when only the symbolic tier can."""
+    if _MIXED_NUMBER.search(pred_key) or _MIXED_NUMBER.search(ref_key):
+        return None  # 2\\frac{1}{4} is 9/4 to a reader (and to math-verify), not 2 * 1/4
     kind, pred_parts = _structure(pred_key)
     ref_kind, ref_parts = _structure(ref_key)
     if kind != ref_kind:
@@ -251,25 +255,27 @@ def numeric_verdict(pred_key: str, ref_key: str) -> bool | None:
         ref_values = [_element_values(r, names) for r in ref_parts]
     except (Unevaluable, OverflowError, ZeroDivisionError, ValueError, RecursionError):
         return None
-    if {"e", "i"} & set(names):  # read as free variables here; as constants they might still agree
-        return None if _decide(kind, pred_values, ref_values) is False else _decide(kind, pred_values, ref_values)
-    verdict = _decide(kind, pred_values, ref_values)
-    # equal everywhere: decisive for exact forms; a decimal may be a rounding the symbolic tier should judge
-    return None if verdict and ("." in pred_key or "." in ref_key) else verdict
+    # A decimal may be a rounding of an exact value (1.41421 for \\sqrt{2}): only a clear difference is
+    # decisive, and agreement is left to the symbolic tier.
+    decimals = "." in pred_key or "." in ref_key
+    verdict = _decide(kind, pred_values, ref_values, _DECIMAL_TOL if decimals else _REL_TOL)
+    if verdict is False and {"e", "i"} & set(names):  # free variables here; as constants they might agree
+        return None
+    return None if verdict and decimals else verdict
 
 
-def _decide(kind: str, pred_values: list[list[float]], ref_values: list[list[float]]) -> bool | None:
+def _decide(kind: str, pred_values: list[list[float]], ref_values: list[list[float]], tol: float) -> bool | None:
     if kind in ("set", "list"):  # unordered: each prediction element pairs with a distinct reference one
         unused = list(ref_values)
         for values in pred_values:
-            verdicts = [_same(values, r) for r in unused]
+            verdicts = [_same(values, r, tol) for r in unused]
             if None in verdicts:
                 return None
             if True not in verdicts:
                 return False
             unused.pop(verdicts.index(True))
     else:
-        verdicts = [_same(a, b) for a, b in zip(pred_values, ref_values)]
+        verdicts = [_same(a, b, tol) for a, b in zip(pred_values, ref_values)]
         if False in verdicts:
             return False
         if None in verdicts:

@@ -67,6 +67,8 @@ MATCHES = [
     ("\\frac{2}{4}", "\\frac{1}{2}", True), ("\\frac{10}{4}", "2.5", True), ("0.25", "\\frac{1}{4}", True),
     ("\\frac{1}{3}", "0.3333333", True), ("\\frac{1}{3}", "0.333", False), ("\\frac{1}{2}", "\\frac{1}{3}", False),
     ("\\frac{3}{2}", "\\frac{2}{3}", False), ("0.2", "\\frac14", False),
+    ("2\\frac{1}{4}", "\\frac{9}{4}", True), ("-2\\frac{1}{4}", "-2.25", True), ("2\\frac{1}{4}", "\\frac{1}{2}", False),
+    ("1.41421356", "\\sqrt{2}", True), ("1.414", "\\sqrt{2}", False), ("0.7071", "\\frac{\\sqrt{2}}{2}", False),
     # radicals
     ("\\frac{\\sqrt3}{2}", "\\frac{\\sqrt{3}}{2}", True), ("\\dfrac{\\sqrt{3}}{2}", "\\frac{\\sqrt3}{2}", True),
     ("\\sqrt{4}", "2", True), ("2\\sqrt{2}", "\\sqrt{8}", True), ("\\sqrt{3}/2", "\\frac{\\sqrt{3}}{2}", True),
@@ -81,7 +83,8 @@ MATCHES = [
     # degrees, equations
     ("30^\\circ", "30", True), ("30^{\\circ}", "30", True), ("30\u00b0", "30", True), ("30 degrees", "30", True),
     ("60^\\circ", "30", False), ("x = 3", "3", True), ("3", "x=3", True), ("x=3", "x = 3", True), ("x = -3", "3", False),
-    ("y = 2x + 3", "2x+3", True),
+    ("y = 2x + 3", "2x+3", True), ("x \\in [1,2]", "[1,2]", True), ("x > 3", "3 < x", True), ("x \\le 3", "x < 3", False),
+    ("\\sin^2 x+\\cos^2 x", "1", True),
     # expressions and constants
     ("x^2+2x+1", "(x+1)^2", True), ("2x+3", "3+2x", True), ("2^3", "8", True), ("\\dfrac{\\pi}{2}", "\\frac{\\pi}{2}", True),
     ("2^3", "9", False), ("x+1", "x-1", False), ("2\\pi", "2", False), ("\\pi", "3.14", False),
