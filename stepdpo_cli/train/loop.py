@@ -289,6 +289,7 @@ def train(config: TrainConfig, emit: Callable[[dict], None] | None = None) -> di
     dtype = _mask_dtype(model)
 
     os.makedirs(config.output, exist_ok=True)
+    started = time.perf_counter()  # "seconds" in the summary: reference pass + steps (no load/save)
     ref: dict = {}
     if config.preference:
         ref = _reference_logps(model, examples, accelerator, config, pad_id, model_path, template)
@@ -309,7 +310,7 @@ def train(config: TrainConfig, emit: Callable[[dict], None] | None = None) -> di
     loss_config = config.loss_config()
     window: dict[str, float] = {}
     last: dict = {}
-    tokens, t0, started = 0, time.perf_counter(), time.perf_counter()
+    tokens, t0 = 0, time.perf_counter()
     model.train()
     step = start_step
     epoch = start_step // steps_per_epoch
