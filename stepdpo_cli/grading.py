@@ -39,30 +39,48 @@ _NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+")
 _LEADING_NUMBER = re.compile(r"\s*(?:\\?\$)?\s*(-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*\\?%)?)(?=$|[\s,;.!?)])")
 
 
-def _boxed_content(text: str) -> str | None:
-    """Content of the last \\boxed{...} / \\fbox{...} (nested braces), or of `\\boxed 5`."""
-    starts = [m.end() for m in _BOXED.finditer(text)]
-    for start in reversed(starts[-3:]):  # only the last few: hostile text can hold 100k unbalanced boxes
-        i = start
+_BOX_GLUE = re.compile(r"[\s$,;.]*(?:,|and|or|\\quad|\\text\{\s*(?:and|or)\s*\})?[\s$,;.]*")
+
+
+def _box_spans(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, content) of the last few \\boxed{...} / \\fbox{...} / `\\boxed 5`, in text order.
+
+    Only the last 8 are looked at, and each brace scan is bounded (a box longer than MAX_ANSWER_CHARS is
+    not an answer), so text holding 100k unbalanced boxes costs one regex pass."""
+    spans = []
+    for box in reversed(list(_BOXED.finditer(text))[-8:]):
+        i = box.end()
         while i < len(text) and text[i] == " ":
             i += 1
         if i < len(text) and text[i] == "{":
             depth = 0
-            # the scan is bounded: a box longer than MAX_ANSWER_CHARS is not an answer anyway
             for token in _BRACE_TOKEN.finditer(text, i, i + MAX_ANSWER_CHARS + 2):
-                ch = token.group()
-                if ch == "{":
+                if token.group() == "{":
                     depth += 1
-                elif ch == "}":
+                elif token.group() == "}":
                     depth -= 1
                     if depth == 0:
-                        return text[i + 1:token.start()]
-            continue  # unbalanced or overlong (truncated generation): try an earlier box
-        if i > start:  # `\\boxed 5`: one token up to whitespace or $
+                        spans.append((box.start(), token.end(), text[i + 1:token.start()]))
+                        break
+        elif i > box.end():  # `\boxed 5`: one token up to whitespace or $
             token = re.match(r"[^\s$]+", text[i:i + MAX_ANSWER_CHARS + 1])
             if token:
-                return token.group()
-    return None
+                spans.append((box.start(), i + token.end(), token.group()))
+    return spans[::-1]
+
+
+def _boxed_answer(text: str) -> tuple[int, str] | None:
+    """(position, answer) of the last box; boxes joined only by "and" / "," / \\quad are one list answer
+    ("\\boxed{-2} and \\boxed{1}" -> "-2, 1"). An unbalanced (truncated) last box falls back to the one before."""
+    spans = _box_spans(text)
+    if not spans:
+        return None
+    group = [spans[-1]]
+    for span in reversed(spans[:-1]):
+        if not _BOX_GLUE.fullmatch(text[span[1]:group[0][0]]):
+            break
+        group.insert(0, span)
+    return group[0][0], ", ".join(content.strip() for _, _, content in group)
 
 
 def _answer_segment(segment: str) -> str:
@@ -88,48 +106,71 @@ def _last_match(pattern: re.Pattern, text: str, pos: int = 0) -> re.Match | None
 
 
 def extract_answer(text: str) -> str | None:
-    """The final answer in a completion, or None.
+    r"""The final answer in a completion, or None.
 
-    Order: the last \\boxed{} (or \\fbox{}); else the last of "final answer is $X$", "the answer is X",
-    "#### X", "Answer: X"; else the last number. $...$, \\text{}, \\left/\\right, \\! and a trailing period are
-    stripped. An answer longer than MAX_ANSWER_CHARS is treated as none.
+    Order: the latest of the last \boxed{} (or \fbox{}; adjacent boxes joined by "and" form a list), "final
+    answer is $X$" and "#### X"; else the latest of "the answer is X" and an "Answer: X" line; else the whole
+    text when it is one $...$ formula; else the last number. $...$, \text{}, \left/\right, \! and a final
+    period or comma are stripped. An answer longer than MAX_ANSWER_CHARS counts as none.
     """
     if not isinstance(text, str) or not text:
         return None
-    answer = _boxed_content(text)
+    answer = _latest_marked(text)
     if answer is None:
-        best: tuple[int, re.Match, re.Pattern] | None = None
-        for pattern in (_FINAL_DOLLAR, _ANSWER_IS, _HASHES, _ANSWER_LINE):
-            match = _last_match(pattern, text)
-            if match is not None and (best is None or match.start() >= best[0]):
-                best = (match.start(), match, pattern)
-        if best is not None:
-            _, match, pattern = best
-            answer = match.group(1) if pattern is _FINAL_DOLLAR else _answer_segment(match.group(1))
+        whole = _strip_wrappers(text) if text.count("$") in (2, 4) else None  # "$x \in [-2,7]$"
+        if whole is not None and "$" not in whole:
+            answer = whole
     if answer is None:
-        tail = max(0, len(text) - 4096)  # the last number is almost always near the end: look there first
-        tail = text.rfind(" ", 0, tail) + 1 if tail else 0  # never start inside a number
-        last = _last_match(_NUMBER, text, tail) or (_last_match(_NUMBER, text[:tail + 64]) if tail else None)
-        if last is None:
+        answer = _last_number(text)
+        if answer is None:
             return None
-        answer = last.group()
-        if answer.startswith("-") and last.start() > 0 and (text[last.start() - 1].isalnum()
-                                                             or text[last.start() - 1] in ")]}"):
-            answer = answer[1:]  # "5-3": a minus between operands is not a sign
     if len(answer) > MAX_ANSWER_CHARS:
         return None
-    answer = _SPACING.sub("", answer)
+    answer = _SPACING.sub("", _TEX_THOUSANDS.sub(",", answer))
     for _ in range(3):  # \text{(C)} -> (C), \text{ cm} -> cm; nested wrappers peel one level per pass
         answer = _TEXT_CMD.sub(r"\1", answer)
     return _strip_wrappers(answer) or None
 
 
+def _latest_marked(text: str) -> str | None:
+    """The answer an explicit marker points at (strong markers first, then the weaker "answer is")."""
+    boxed = _boxed_answer(text)
+    candidates: list[tuple[int, str]] = [boxed] if boxed else []
+    final = _last_match(_FINAL_DOLLAR, text)
+    if final:
+        candidates.append((final.start(), final.group(1)))
+    hashes = _last_match(_HASHES, text)
+    if hashes:
+        candidates.append((hashes.start(), _answer_segment(hashes.group(1))))
+    if not candidates:  # "the answer is" is weaker: "...so the answer is probably wrong" must not beat a box
+        for pattern in (_ANSWER_IS, _ANSWER_LINE):
+            match = _last_match(pattern, text)
+            if match:
+                candidates.append((match.start(), _answer_segment(match.group(1))))
+    return max(candidates, key=lambda c: c[0])[1] if candidates else None
+
+
+def _last_number(text: str) -> str | None:
+    tail = max(0, len(text) - 4096)  # the last number is almost always near the end: look there first
+    tail = text.rfind(" ", 0, tail) + 1 if tail else 0  # never start inside a number
+    last = _last_match(_NUMBER, text, tail) or (_last_match(_NUMBER, text[:tail + 64]) if tail else None)
+    if last is None:
+        return None
+    answer = last.group()
+    if answer.startswith("-") and last.start() > 0 and (text[last.start() - 1].isalnum()
+                                                         or text[last.start() - 1] in ")]}"):
+        answer = answer[1:]  # "5-3": a minus between operands is not a sign
+    return answer
+
+
 # ---------------------------------------------------------------------------------------------- normalisation
 
-_TEXT_CMD = re.compile(r"\\(?:text|textbf|textrm|textit|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
-_TRAILING_TEXT = re.compile(r"^(.*?\S)\s*\\(?:text|textrm|mbox|mathrm)\s*\{\s*[A-Za-z][A-Za-z .]*\}(?:\^\{?[23]\}?)?$")
+_TEXT_CMD = re.compile(r"\\(?:text|textbf|textrm|textit|textnormal|textup|textsf|texttt|mathrm|mathbf|mathit|"
+                       r"mathsf|mathtt|mbox|operatorname)\s*\{([^{}]*)\}")
+_TRAILING_TEXT = re.compile(r"^(.*?\S)\s*\\(?:text|textrm|textnormal|textup|mbox|mathrm)\s*\{\s*[A-Za-z][A-Za-z .]*\}(?:\^\{?[23]\}?)?$")
 _UNIT_WORDS = re.compile(r"^(-?[\d.,]+%?|\\frac\{[^{}]*\}\{[^{}]*\})\s+[A-Za-z][A-Za-z.]*(?:\s+[A-Za-z][A-Za-z.]*){0,3}"
                          r"(?:\^\{?[23]\}?)?$")
+_TEX_THOUSANDS = re.compile(r",\\!\s*")  # MATH writes 10,\!000; "11,\! 111" is still one number
 _SPACING = re.compile(r"\\(?:left|right|big|Big|bigg|Bigg|displaystyle)(?![A-Za-z])|(?<!\\)\\[!,;: ]|\\q?quad(?![A-Za-z])")
 _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\circ(?![A-Za-z])|°|\\degree(?![A-Za-z])|\s*degrees?$")
 _SIMPLE_LHS = re.compile(r"^[A-Za-z](?:_\{?\w+\}?)?\s*(?:=(?!=)|\\in(?![A-Za-z]))\s*(.+)$", re.S)
@@ -149,7 +190,7 @@ def _strip_wrappers(answer: str) -> str:
         boxed = re.fullmatch(r"\\(?:boxed|fbox)\s*\{(.*)\}", answer, re.S)
         if boxed:
             answer = boxed.group(1).strip()
-        answer = re.sub(r"(?<!\\)\.+$", "", answer).strip()
+        answer = re.sub(r"(?<![.\\])[.,;]$", "", answer).strip()  # a sentence's stop, never an ellipsis
         if answer == before:
             break
     return answer
@@ -160,7 +201,7 @@ def _normalize(answer: str) -> str:
     """A canonical form that keeps spacing (it is what the symbolic check reads)."""
     s = answer.replace("\u2212", "-").replace("\u00a0", " ").replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     s = _strip_wrappers(s)
-    s = _SPACING.sub("", s)
+    s = _SPACING.sub("", _TEX_THOUSANDS.sub(",", s))
     s = _DEGREES.sub("", s)
     trailing = _TRAILING_TEXT.match(s)  # "5\text{ cm}^2" -> "5": units after a value
     if trailing:
@@ -226,6 +267,13 @@ def _number(key: str) -> tuple[Fraction, bool, int | None] | None:
         value = int(mixed.group(2)) + Fraction(int(mixed.group(3)), int(mixed.group(4)))
         return (-value if mixed.group(1) else value), percent, None
     return None
+
+
+def _number_of(answer: str, key: str) -> tuple[Fraction, bool, int | None] | None:
+    """`_number(key)`, except that "32, 349" (comma then space) is a list of two numbers, not 32349."""
+    if "," in key and re.search(r"\d,\s+\d", _normalize(answer)):
+        return None
+    return _number(key)
 
 
 def _numbers_equal(a: tuple[Fraction, bool, int | None], b: tuple[Fraction, bool, int | None]) -> bool:
@@ -296,7 +344,7 @@ def answers_match(prediction: str | None, reference: str | list[str], timeout: f
             continue
         if pred_key == ref_key:
             return True
-        pred_num, ref_num = _number(pred_key), _number(ref_key)
+        pred_num, ref_num = _number_of(prediction, pred_key), _number_of(ref, ref_key)
         if pred_num is not None and ref_num is not None:
             if _numeric_match(pred_num, ref_num):
                 return True

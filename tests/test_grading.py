@@ -116,6 +116,21 @@ GRADES = [
     ("The answer is 50%.", "50", True),
     ("The answer is 0.5.", "50", False),
     ("No final answer here.", "5", False),
+    # thousands separators vs lists, several boxes, the Minerva "final answer" line after stray boxes
+    ("is $\\boxed{11,\\! 111,\\! 111,\\! 100}$", "11111111100", True),
+    ("is $\\boxed{32, 349}$", "32349", False),
+    ("The integers are \\boxed{-2} and \\boxed{1}.", "1,-2", True),
+    ("$\\boxed{1}\\boxed{2}$", "1,2", True),
+    ("Interest is \\boxed{200}, then \\boxed{255}.\nFinal Answer: The final answer is $10,455$. I hope it is correct.",
+     "10455", True),
+    ("so the answer is \\boxed{7}. The answer is probably right", "7", True),
+    # a completion that is only a formula; sentence punctuation inside the math; an ellipsis is not a stop
+    ("$x \\in [-2,7]$", "[-2, 7]", True), ("$\\frac{1}{3},$", "\\frac13", True), ("$2^{10}.$", "2", False),
+    ("$1, 2, 3, ...$", "1, 2, 3", False), ("The answer is $1/3.$", "1", False),
+    ("The distance is $\\boxed{125\\textnormal{ miles}}.$", "125", True),
+    ("Final Answer: The final answer is 12,000,023. I hope it is correct.", "12000023", True),
+    ("Final Answer: The final answer is $(0, 1)$. I hope it is correct.", "[0,1)", False),
+    ("\\boxed{x \\geq 5}", "x >= 5", True), ("\\boxed{x < 5}", "x > 5", False), ("\\boxed{4\\sqrt{2}}", "4", False),
 ]
 
 
