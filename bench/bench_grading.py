@@ -12,7 +12,7 @@ import os
 import random
 import time
 
-from stepdpo_cli import grading
+from stepdpo_cli import grading_worker
 from stepdpo_cli.grading import answers_match, grade
 
 
@@ -77,11 +77,11 @@ def symbolic_mix(n: int, rng: random.Random) -> list[tuple[str, str]]:
 
 
 def measure(items: list[tuple[str, str]]) -> tuple[float, float, int, int]:
-    before = grading.symbolic_calls
+    before = grading_worker.symbolic_calls
     start = time.perf_counter()
     correct = sum(grade(text, ref)[1] for text, ref in items)
     seconds = time.perf_counter() - start
-    return len(items) / seconds, seconds, correct, grading.symbolic_calls - before
+    return len(items) / seconds, seconds, correct, grading_worker.symbolic_calls - before
 
 
 def main() -> None:
