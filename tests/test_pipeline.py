@@ -71,6 +71,7 @@ def test_chain_through_a_local_server_yields_the_known_pairs(tmp_path):
         assert record["first_error_step"] == verdicts.index(False) + 1
 
 
+@pytest.mark.slow  # ~8 model loads: about a minute on 2 busy cores
 def test_chain_with_the_tiny_model_pipes_and_files_agree(tiny_model, tmp_path):
     (tmp_path / "problems.jsonl").write_text(_problems(3))
     stages = [f"sample --model hf:{tiny_model} --n 2 --max-tokens 24 --template raw --seed 5",
