@@ -1,0 +1,1 @@
+"""Synthetic tasks with programmatic step checkers (the demo)."""
