@@ -291,6 +291,8 @@ def rectify(
     drop_same: Annotated[bool, typer.Option(help="Drop winners whose step equals the wrong step (whitespace-normalised).")] = True,
     max_candidates: Annotated[Optional[int], typer.Option(help="Keep at most this many winners per record.")] = None,
     verify_chosen: Annotated[Optional[str], typer.Option(help="module:function: a winner's own steps must pass it.")] = None,
+    verify_judge: Annotated[Optional[str], typer.Option(help="Judge model spec: a winner's own steps must be judged all correct.")] = None,
+    judge_prompt: Annotated[Optional[str], typer.Option(help="Prompt file for --verify-judge ({problem} {answer} {steps}).")] = None,
     template: Annotated[Optional[str], typer.Option(help="Template for records without a `template` field.")] = None,
     batch_size: Annotated[int, typer.Option(help="Records per generate call.")] = 32,
     seed: SeedOpt = 0,
@@ -311,6 +313,17 @@ def rectify(
         from .localizers.verifier import load_callable
 
         checker = load_callable(verify_chosen, option="--verify-chosen")
+    judge_check = None
+    if verify_judge:
+        from .backends.base import load_backend, parse_model_spec
+        from .localizers.judge import ask_judge, load_judge_prompt
+
+        prompt = load_judge_prompt(judge_prompt)
+        kind = parse_model_spec(verify_judge).backend
+        judge_engine = load_backend(verify_judge, **({"endpoint": "chat"} if kind == "openai" else {}))
+
+        def judge_check(items: list) -> list[bool]:
+            return [parsed.status == "no_error" for _, parsed in ask_judge(judge_engine, prompt, items)]
     policy = _load_policy(model, backend, "--model", device=device, base_url=base_url)
     counts: dict[str, Any] = {}
     try:
@@ -319,6 +332,7 @@ def rectify(
                                             max_tokens=max_tokens, seed=seed, drop_same=drop_same,
                                             max_candidates=max_candidates, verify_chosen=checker,
                                             verify_spec=verify_chosen or "", template=template,
+                                            judge_check=judge_check, judge_spec=verify_judge or "",
                                             batch_size=batch_size, counts=counts),
             input=input, output=output, resume=resume, skip_invalid=skip_invalid, validate=validate_rectifiable,
         )

@@ -103,3 +103,27 @@ def test_cli_rectify_with_the_tiny_model_keeps_every_record(tiny_model):
     assert rows[0]["rectify"]["settings"]["model"] == f"hf:{tiny_model}"
     assert first.stdout == again.stdout  # same seed, same output
     assert "rectify:" in first.stderr.decode()
+
+
+def test_cli_verify_judge_filters_winners_through_real_local_servers():
+    from scripted_policy import make_record, serve_chat, serve_policy
+
+    policy_server, policy_url = serve_policy(ScriptedPolicy())
+    # The judge passes every solution of the first problem and finds a wrong step in the second's.
+    judge_server, judge_url = serve_chat(
+        lambda prompt: "All steps are correct." if "4 + 8 + 1" in prompt else "Step 2 is incorrect.")
+    try:
+        records = [_localized(3, rid="a/s0"), validate_localizable(make_record([2, 2, 2], 1, rid="b/s0"))]
+        records[1] = next(iter(localize_records([records[1]], "verifier", fn=check_arith, spec="t")))
+        lines = "".join(json.dumps(r) + "\n" for r in records)
+        proc = run_cli("rectify", "--model", "openai:policy", "--base-url", policy_url, "--n", "3",
+                       "--verify-judge", "openai:judge", input=lines,
+                       env={"OPENAI_BASE_URL": judge_url, "OPENAI_API_KEY": "sk-x"})
+    finally:
+        for server in (policy_server, judge_server):
+            server.shutdown()
+            server.server_close()
+    assert proc.returncode == 0, proc.stderr.decode()
+    a, b = [json.loads(line) for line in proc.stdout.decode().splitlines()]
+    assert a["rectify"]["kept"] == 3 and a["rectify"]["settings"]["verify_judge"] == "openai:judge"
+    assert b["rectify"]["correct"] == 3 and b["candidates"] == [] and b["rectify"]["failed_verify"] == 3

@@ -194,28 +194,38 @@ def build_judge_prompt(template: str, problem: str, answer: Any, steps: Sequence
     return filled.replace("{steps}", numbered(list(steps)))
 
 
+def ask_judge(backend: Backend, prompt_template: str, items: Sequence[tuple[str, Any, Sequence[str], int]], *,
+              neutral_is_error: bool = False, max_tokens: int = 1024,
+              temperature: float = 0.0) -> list[tuple[str, JudgeParse]]:
+    """One batched judge call for (problem, answer, steps, seed) items -> (raw text, parsed verdicts) each."""
+    tokenizer = backend.tokenizer
+    prompts = [build_judge_prompt(prompt_template, problem, answer, steps) for problem, answer, steps, _ in items]
+    if getattr(tokenizer, "chat_template", None):  # a local chat model needs its markup; servers apply theirs
+        prompts = [render_prompt(p, "chat", tokenizer) for p in prompts]
+    requests = [Request(p, item[3], 1) for p, item in zip(prompts, items)]
+    outputs = backend.generate(requests, SamplingParams(n=1, temperature=temperature, max_tokens=max_tokens))
+    answers = []
+    for item, completions in zip(items, outputs):
+        raw = completions[0].text if completions else ""
+        answers.append((raw, parse_verdicts(raw, len(item[2]), neutral_is_error=neutral_is_error)))
+    return answers
+
+
 def judge_records(records: Iterable[dict], backend: Backend, *, spec: str = "", prompt_template: str,
                   prompt_name: str = "default", neutral_is_error: bool = False, max_tokens: int = 1024,
                   temperature: float = 0.0, batch_size: int = 16, seed: int = 0) -> Iterator[list[dict]]:
     """Ask the judge about each record (batched); yields each batch of localized records as a list."""
     from ..records import derive_seed
 
-    params = SamplingParams(n=1, temperature=temperature, max_tokens=max_tokens)
     settings = {"method": "judge", "judge": spec, "neutral_is_error": neutral_is_error, "prompt": prompt_name,
                 "temperature": temperature, "max_tokens": max_tokens, "seed": seed}
-    tokenizer = backend.tokenizer
-    chat = bool(getattr(tokenizer, "chat_template", None))
     batch: list[dict] = []
 
     def flush() -> list[dict]:
-        prompts = [build_judge_prompt(prompt_template, r["problem"], r.get("answer"), r["steps"]) for r in batch]
-        if chat:  # a local chat model must see its own chat markup; remote backends apply theirs
-            prompts = [render_prompt(p, "chat", tokenizer) for p in prompts]
-        requests = [Request(p, derive_seed(seed, r["id"], "judge"), 1) for p, r in zip(prompts, batch)]
-        outputs = backend.generate(requests, params)
-        for record, completions in zip(batch, outputs):
-            raw = completions[0].text if completions else ""
-            parsed = parse_verdicts(raw, len(record["steps"]), neutral_is_error=neutral_is_error)
+        items = [(r["problem"], r.get("answer"), r["steps"], derive_seed(seed, r["id"], "judge")) for r in batch]
+        answers = ask_judge(backend, prompt_template, items, neutral_is_error=neutral_is_error,
+                            max_tokens=max_tokens, temperature=temperature)
+        for record, (raw, parsed) in zip(batch, answers):
             record["first_error_step"] = parsed.first_error
             record["step_verdicts"] = parsed.verdicts
             record["localize_status"] = parsed.status
