@@ -101,6 +101,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=64)
     parser.add_argument("--epochs", type=float, default=2)
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; best round per contender")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per contender (runs are sequential)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--root", default=None, help=argparse.SUPPRESS)
@@ -125,8 +126,10 @@ def main() -> None:
           f"load {os.getloadavg()[0]:.2f}")
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false",
            "HF_HUB_OFFLINE": "1", "DS_ACCELERATOR": "cpu"}
-    results = {}
-    for name in ("stepdpo", "trl-precompute", "trl"):
+    results: dict = {}
+    # Contenders alternate for --rounds rounds and keep their best round: the machine is shared, so
+    # interleaving spreads load swings over all of them.
+    for name in [n for _ in range(args.rounds) for n in ("stepdpo", "trl-precompute", "trl")]:
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--root", root, "--data", data,
                "--model", model, "--epochs", str(args.epochs), "--batch-size", str(args.batch_size)]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -136,7 +139,10 @@ def main() -> None:
             continue
         result = json.loads(line[-1][7:])
         result["pairs_per_s"] = len(examples) * args.epochs / result["seconds"]
+        if name in results and results[name]["pairs_per_s"] >= result["pairs_per_s"]:
+            continue
         results[name] = result
+    for name, result in results.items():
         print(f"{name:15s} {result['pairs_per_s']:8.2f} pairs/s  train {result['seconds']:7.1f} s  "
               f"peak RSS {result['peak_rss_mb']:7.0f} MB  final loss {result['loss']:.4f}")
     base = results.get("trl-precompute")
