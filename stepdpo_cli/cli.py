@@ -203,6 +203,7 @@ def localize(
     judge_prompt: Annotated[Optional[str], typer.Option(help="judge: prompt file with {problem} {answer} {steps}.")] = None,
     judge_endpoint: Annotated[str, typer.Option(help="judge: openai endpoint (chat | completions).")] = "chat",
     neutral_is_error: Annotated[bool, typer.Option(help="judge: a 'neutral' step counts as the error (official).")] = False,
+    judge_max_tokens: Annotated[int, typer.Option(help="judge: max tokens of the judge's answer.")] = 1024,
     model: Annotated[Optional[str], typer.Option(help="rollout: the policy's model spec.")] = None,
     backend: Annotated[Optional[str], typer.Option(help="Backend when the spec has no prefix (hf, vllm, openai).")] = None,
     base_url: Annotated[Optional[str], typer.Option(help="openai: server URL for --model/--judge (else $OPENAI_BASE_URL).")] = None,
@@ -251,7 +252,7 @@ def localize(
             extra["device"] = device
         options = {"backend": load_backend(judge, backend, **extra), "spec": judge, "prompt_template": prompt,
                    "prompt_name": judge_prompt or "default", "neutral_is_error": neutral_is_error,
-                   "max_tokens": max_tokens, "batch_size": batch_size, "seed": seed}
+                   "max_tokens": judge_max_tokens, "batch_size": batch_size, "seed": seed}
     else:
         from .localizers.rollout import SEARCHES
 

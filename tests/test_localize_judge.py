@@ -151,7 +151,7 @@ def test_judge_through_real_openai_backend_and_local_server(judge_server, tmp_pa
 
 def test_a_local_hf_model_can_be_the_judge(tiny_model):
     record = {"id": "a", "problem": "1+1?", "answer": "2", "steps": [" 1 + 1 = 3.", " \\boxed{3}"]}
-    out = run_cli("localize", "--method", "judge", "--judge", f"hf:{tiny_model}", "--max-tokens", "8",
+    out = run_cli("localize", "--method", "judge", "--judge", f"hf:{tiny_model}", "--judge-max-tokens", "8",
                   input=json.dumps(record) + "\n")
     assert out.returncode == 0, out.stderr.decode()
     [row] = [json.loads(line) for line in out.stdout.decode().splitlines()]
