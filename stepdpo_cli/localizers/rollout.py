@@ -19,7 +19,7 @@ from ..backends.base import Backend, Request, SamplingParams
 from ..grading import grade
 from ..records import derive_seed
 from ..steps import prefix_text
-from ..templates import generation_prompt
+from ..templates import generation_prompt, resolve_template
 
 SEARCHES = ("linear", "binary")
 
@@ -117,7 +117,7 @@ def _localize_batch(batch: list[dict], backend: Backend, params: SamplingParams,
 
 def _request(record: dict, after_step: int, seed: int, template: str | None, tokenizer: Any) -> Request:
     """The rollout prompt after `after_step` steps: byte-identical to rectify's prompt for step after_step+1."""
-    used = record.get("template") or template or "raw"
+    used = record.get("template") or resolve_template(template, tokenizer)  # as `sample` chose it
     prompt = generation_prompt(record["problem"], used, tokenizer,
                                reason_prefix=prefix_text(record["steps"], after_step + 1))
     return Request(prompt, derive_seed(seed, record["id"], "rollout", after_step))

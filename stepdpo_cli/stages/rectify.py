@@ -14,7 +14,7 @@ from ..backends.base import Backend, Request, SamplingParams
 from ..grading import grade
 from ..records import InputError, derive_seed, require_fields
 from ..steps import continuation_steps, first_step, prefix_text
-from ..templates import generation_prompt
+from ..templates import generation_prompt, resolve_template
 from .localize import validate_localizable
 
 
@@ -90,7 +90,7 @@ def rectify_records(records: Iterable[dict], backend: Backend, *, spec: str = ""
 
 
 def _request(record: dict, seed: int, template: str | None, tokenizer: Any) -> Request:
-    used = record.get("template") or template or "raw"
+    used = record.get("template") or resolve_template(template, tokenizer)  # as `sample` chose it
     prefix = prefix_text(record["steps"], record["first_error_step"])
     return Request(generation_prompt(record["problem"], used, tokenizer, reason_prefix=prefix),
                    derive_seed(seed, record["id"]))
