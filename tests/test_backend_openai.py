@@ -68,7 +68,8 @@ class ScriptedServer:
             self.stop_event.wait(action[1])
             return
         if kind == "garbage":
-            return self._send(handler, 200, b"{'choices': [oops", {"content-type": "application/json"})
+            content_type, payload = action[1] if len(action) > 1 else ("application/json", b"{'choices': [oops")
+            return self._send(handler, 200, payload, {"content-type": content_type})
         if kind == "status":
             payload = json.dumps({"error": {"message": action[2]}}).encode()
             return self._send(handler, action[1], payload, {"content-type": "application/json", "retry-after": "0"})
@@ -171,13 +172,22 @@ def test_4xx_fails_at_once_with_the_server_message(server):
     assert len(srv.requests) == 1
 
 
-def test_garbage_json_is_a_clear_one_line_error(server):
+GARBAGE = [("application/json", b"{'choices': [oops"), ("application/json", b""), ("text/html", b"<html>502</html>"),
+           ("application/json", b"[1, 2]"), ("application/json", b'{"choices": "x"}'),
+           ("application/json", b'{"choices": [{"index": 0, "finish_reason": "stop", "text": 5}]}'),
+           ("application/json", b'{"choices": [{"index": 0, "finish_reason": "stop"}]}')]
+
+
+@pytest.mark.parametrize("endpoint", ["completions", "chat"])
+@pytest.mark.parametrize("garbage", GARBAGE, ids=range(len(GARBAGE)))
+def test_garbage_responses_are_clear_one_line_errors(server, garbage, endpoint):
     srv = server()
-    srv.script = [("garbage",)]
+    srv.script = [("garbage", garbage)]
     with pytest.raises(BackendError) as info:
-        backend(srv.url).generate([Request("p")], PARAMS)
-    assert "malformed response" in str(info.value) and "\n" not in str(info.value)
-    assert len(srv.requests) == 1
+        backend(srv.url, endpoint=endpoint).generate([Request("p")], PARAMS)
+    message = str(info.value)
+    assert "malformed response" in message and "\n" not in message and "/completions" in message
+    assert len(srv.requests) == 1  # not retried: the same server would say the same again
 
 
 def test_a_hanging_server_times_out_then_retries(server):

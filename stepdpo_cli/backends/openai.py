@@ -127,16 +127,16 @@ class OpenAIBackend:
             if params.logprobs:
                 body["logprobs"] = 1
             response = self._send(self._client.completions.create, body)
-            choices = [(c.text, c.finish_reason, _completion_logprobs(c) if params.logprobs else None, c)
-                       for c in _choices(response, self._where())]
+            choices = [(_choice_text(c, self._where()), c.finish_reason,
+                        _completion_logprobs(c) if params.logprobs else None, c) for c in _choices(response, self._where())]
             prefill = ""
         else:
             user, prefill = split_prefill(prompt)
             if params.logprobs:
                 body["logprobs"] = True
             response = self._chat(body, user, prefill, prompt)
-            choices = [(_message_text(c), c.finish_reason, _chat_logprobs(c) if params.logprobs else None, c)
-                       for c in _choices(response, self._where())]
+            choices = [(_message_text(c, self._where()), c.finish_reason,
+                        _chat_logprobs(c) if params.logprobs else None, c) for c in _choices(response, self._where())]
             if not self._prefill and prefill:
                 # The server answered a user message: drop a repeated prefix so text continues the prompt.
                 choices = [(t[len(prefill):] if t.startswith(prefill) else t, f, lp, c) for t, f, lp, c in choices]
@@ -284,12 +284,19 @@ def _choices(response: Any, where: str) -> list[Any]:
     return sorted(choices, key=lambda c: getattr(c, "index", 0) or 0)
 
 
-def _message_text(choice: Any) -> str:
+def _choice_text(choice: Any, where: str) -> str:
+    text = getattr(choice, "text", None)
+    if not isinstance(text, str):
+        raise BackendError(f"{where}: malformed response (a choice without text): {str(choice)[:200]}")
+    return text
+
+
+def _message_text(choice: Any, where: str) -> str:
     message = getattr(choice, "message", None)
     content = getattr(message, "content", None)
     if message is None or (content is not None and not isinstance(content, str)):
-        raise BackendError(f"openai backend: malformed chat response (no message content): {str(choice)[:200]}")
-    return content or ""
+        raise BackendError(f"{where}: malformed response (a choice without message content): {str(choice)[:200]}")
+    return content or ""  # null content (e.g. a refusal or an empty turn) is an empty completion
 
 
 def _completion_logprobs(choice: Any) -> list[float] | None:

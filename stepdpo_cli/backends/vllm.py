@@ -23,6 +23,7 @@ from .base import Completion, Request, SamplingParams
 from .openai import sample_seed
 
 CPU_DEFAULT_KV_CACHE_GB = 1.0
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
 
 
 def _on_cpu() -> bool:
@@ -57,7 +58,7 @@ class VLLMBackend:
             if enforce_eager is None:
                 enforce_eager = True
         args: dict[str, Any] = {
-            "tensor_parallel_size": tensor_parallel_size, "dtype": dtype, "seed": seed,
+            "tensor_parallel_size": tensor_parallel_size, "dtype": DTYPE_ALIASES.get(dtype, dtype), "seed": seed,
             "enable_prefix_caching": prefix_caching, "enforce_eager": bool(enforce_eager),
             "gpu_memory_utilization": gpu_memory_utilization,
         }
