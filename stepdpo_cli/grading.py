@@ -157,10 +157,11 @@ def _last_number(text: str) -> str | None:
 _TEXT_CMD = re.compile(r"\\(?:text|textbf|textrm|textit|textnormal|textup|textsf|texttt|mathrm|mathbf|mathit|"
                        r"mathsf|mathtt|mbox|operatorname)\s*\{([^{}]*)\}")
 _TRAILING_TEXT = re.compile(r"^(.*?\S)\s*\\(?:text|textrm|textnormal|textup|mbox|mathrm)\s*\{\s*[A-Za-z][A-Za-z .]*\}(?:\^\{?[23]\}?)?$")
-_UNIT_WORDS = re.compile(r"^(-?[\d.,]+%?|\\frac\{[^{}]*\}\{[^{}]*\})\s+[A-Za-z][A-Za-z.]*(?:\s+[A-Za-z][A-Za-z.]*){0,3}"
+_UNIT_WORDS = re.compile(r"^(-?[\d.,]+%?|-?\d+/\d+|-?\\frac\{[^{}]*\}\{[^{}]*\})\s+[A-Za-z]{2,}[A-Za-z.]*(?:\s+[A-Za-z][A-Za-z.]*){0,3}"
                          r"(?:\^\{?[23]\}?)?$")
 _TEX_THOUSANDS = re.compile(r",\\!\s*")  # MATH writes 10,\!000; "11,\! 111" is still one number
 _SPACING = re.compile(r"\\(?:left|right|big|Big|bigg|Bigg|displaystyle)(?![A-Za-z])|(?<!\\)\\[!,;: ]|\\q?quad(?![A-Za-z])")
+_PERCENT_WORD = re.compile(r"(?<=\d)\s*(?:percent(?:age)?|pct)\.?$", re.I)
 _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\circ(?![A-Za-z])|°|\\degree(?![A-Za-z])|\s*degrees?$")
 _SIMPLE_LHS = re.compile(r"^[A-Za-z](?:_\{?\w+\}?)?\s*(?:=(?!=)|\\in(?![A-Za-z]))\s*(.+)$", re.S)
 _CHOICE = re.compile(r"^\(\s*([A-Ea-e])\s*\)$")
@@ -201,6 +202,7 @@ def _normalize(answer: str) -> str:
     if s.startswith("$") and not s.endswith("$"):
         s = s[1:].strip()  # currency
     s = re.sub(r"^(-?)\$", r"\1", s)
+    s = _PERCENT_WORD.sub("%", s)  # "28 percent" is "28%"
     units = _UNIT_WORDS.match(s)  # "5 dollars", "3.5 hours", "12 square feet"
     if units and not re.search(r"\b(?:pi|sqrt|i|e|or|and)\b", s[units.end(1):]):
         s = units.group(1)

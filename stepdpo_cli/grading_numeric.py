@@ -17,6 +17,7 @@ _POINTS = 3
 _REL_TOL = 1e-9
 _DECIMAL_TOL = 1e-5
 _MIXED_NUMBER = re.compile(r"\d\\frac")
+_WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{3,}")  # three letters in a row that are not a \command
 
 
 class Unevaluable(Exception):
@@ -240,6 +241,8 @@ def numeric_verdict(pred_key: str, ref_key: str) -> bool | None:
     """True/False when arithmetic decides it, None when only the symbolic tier can."""
     if _MIXED_NUMBER.search(pred_key) or _MIXED_NUMBER.search(ref_key):
         return None  # 2\\frac{1}{4} is 9/4 to a reader (and to math-verify), not 2 * 1/4
+    if _WORD.search(pred_key) or _WORD.search(ref_key):
+        return None  # "3/4cup", "2\\sqrt{3}units": a word is not a product of variables
     kind, pred_parts = _structure(pred_key)
     ref_kind, ref_parts = _structure(ref_key)
     if kind != ref_kind:

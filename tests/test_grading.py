@@ -53,7 +53,8 @@ MATCHES = [
     ("1,000", "1000", True), ("1000", "1,000", True), ("1,234,567", "1234567", True), ("$1,200", "1200", True),
     ("$5.00", "5", True), ("\\$5", "5", True), ("5 dollars", "5", True), ("18 dollars", "18.00", True),
     ("12 apples", "12", True), ("3.5 hours", "3.5", True), ("2 \\text{ cm}", "2", True), ("5\\text{ inches}^2", "5", True),
-    ("7 cm^2", "7", True), ("5.0", "5", True), ("3.5", "3.50", True), ("0.1", "0.10", True), ("05", "5", True),
+    ("7 cm^2", "7", True), ("3/4 cup", "0.75", True), ("50 percent", "0.5", True), ("28 pct", "28\\%", True),
+    ("5x", "5", False), ("5 x", "5", False), ("5.0", "5", True), ("3.5", "3.50", True), ("0.1", "0.10", True), ("05", "5", True),
     ("1,000", "1.000", False), ("100", "1000", False), ("3.5", "35", False), ("10", "10.5", False), ("5", "6", False),
     # percent: the reference's convention decides
     ("50%", "50", True), ("50\\%", "50", True), ("50%", "0.5", True), ("0.5", "50\\%", True), ("50", "50\\%", True),

@@ -16,6 +16,7 @@ from stepdpo_cli.grading_numeric import numeric_verdict
     ("2^{100}", "2^{100}+1", None), ("10^{-20}", "0", None), ("\\sin(x)", "1", None), ("x>3", "3<x", None),
     ("e^{i\\pi}", "-1", None), ("2\\frac{1}{4}", "\\frac{9}{4}", None), ("1.41421", "\\sqrt{2}", None),
     ("(1,2)", "\\{1,2\\}", None), ("\\frac{1}{0}", "1", None), ("(-8)^{1/3}", "-2", None),
+    ("3/4cup", "0.75", None),  # a word is not a product of variables
 ])
 def test_numeric_verdict(pred, ref, verdict):
     assert numeric_verdict(pred, ref) is verdict
