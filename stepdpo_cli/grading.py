@@ -69,7 +69,8 @@ def _boxed_answer(text: str) -> tuple[int, str] | None:
         if not _BOX_GLUE.fullmatch(text[span[1]:group[0][0]]):
             break
         group.insert(0, span)
-    return group[0][0], ", ".join(content.strip() for _, _, content in group)
+    contents = list(dict.fromkeys(content.strip() for _, _, content in group))  # a repeated box is one answer
+    return group[0][0], ", ".join(contents)
 
 
 def _answer_segment(segment: str) -> str:

@@ -122,6 +122,7 @@ GRADES = [
     ("is $\\boxed{32, 349}$", "32349", False),
     ("The integers are \\boxed{-2} and \\boxed{1}.", "1,-2", True),
     ("$\\boxed{1}\\boxed{2}$", "1,2", True),
+    ("So $\\boxed{5}$.\n\n$\\boxed{5}$", "5", True),
     ("Interest is \\boxed{200}, then \\boxed{255}.\nFinal Answer: The final answer is $10,455$. I hope it is correct.",
      "10455", True),
     ("so the answer is \\boxed{7}. The answer is probably right", "7", True),
