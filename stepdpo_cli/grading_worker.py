@@ -111,6 +111,7 @@ class _WorkerPool:
         self.pid = os.getpid()
         self.size = size
         self.idle: list[_Worker] = []
+        self.live: set[_Worker] = set()  # idle and checked out, so exit and fork can reach every one
         self.count = 0
         self.cond = threading.Condition()
         self.warned = False
@@ -123,18 +124,21 @@ class _WorkerPool:
                 return self.idle.pop()
             self.count += 1
         try:
-            return _Worker()
+            worker = _Worker()
         except Exception:
             with self.cond:
                 self.count -= 1
                 self.cond.notify()
             raise
+        self.live.add(worker)
+        return worker
 
     def _release(self, worker: _Worker | None) -> None:
         with self.cond:
             if worker is None:
                 self.count -= 1
             else:
+                self.live.add(worker)
                 self.idle.append(worker)
             self.cond.notify()
 
@@ -150,6 +154,7 @@ class _WorkerPool:
                 print(f"warning: symbolic grading unavailable: {exc}", file=sys.stderr)
         if result is None:  # overran or died: kill it, start a replacement now so it warms up meanwhile
             worker.kill()
+            self.live.discard(worker)
             try:
                 replacement: _Worker | None = _Worker()
             except Exception:  # noqa: BLE001
@@ -162,14 +167,21 @@ class _WorkerPool:
     def close(self) -> None:
         if os.getpid() != self.pid:
             return
-        with self.cond:
-            workers, self.idle = self.idle, []
-        for worker in workers:
+        for worker in list(self.live):
             worker.kill()
+        self.live.clear()
+        self.idle = []
 
 
 _POOL: _WorkerPool | None = None
 _POOL_LOCK = threading.Lock()
+
+
+def _pool_size() -> int:
+    try:
+        return max(1, int(os.environ.get("STEPDPO_GRADE_WORKERS", "2")))
+    except ValueError:
+        return 2
 
 
 def _pool() -> _WorkerPool:
@@ -178,13 +190,25 @@ def _pool() -> _WorkerPool:
     if pool is not None and pool.pid == os.getpid():
         return pool
     with _POOL_LOCK:
-        if _POOL is not None and _POOL.pid != os.getpid():  # forked: the parent's workers are not ours
-            for worker in _POOL.idle:
-                worker.detach()
-            _POOL = None
+        if _POOL is not None and _POOL.pid != os.getpid():
+            _forget_parent_pool()
         if _POOL is None:
-            _POOL = _WorkerPool(int(os.environ.get("STEPDPO_GRADE_WORKERS", "2")))
+            _POOL = _WorkerPool(_pool_size())
         return _POOL
+
+
+def _forget_parent_pool() -> None:
+    """In a forked child: the parent's workers (and any lock a parent thread held) are not ours."""
+    global _POOL, _POOL_LOCK
+    _POOL_LOCK = threading.Lock()
+    if _POOL is not None and _POOL.pid != os.getpid():
+        for worker in list(_POOL.live):
+            worker.detach()
+        _POOL = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_parent_pool)
 
 
 @atexit.register
