@@ -207,6 +207,11 @@ def test_overrun_comparison_is_false_then_worker_is_replaced():
     assert answers_match("\\sin^2 x + \\cos^2 x", "1", timeout=30.0) is True
 
 
+def test_zero_timeout_uses_only_the_pure_python_tiers():
+    assert answers_match("x^2+2x+1", "(x+1)^2", timeout=0) is True  # decided by arithmetic
+    assert answers_match("\\tan^2 x+1", "\\sec^2 x", timeout=0) is False  # would need sympy
+
+
 def test_non_string_and_odd_inputs_never_raise():
     assert answers_match(5, "5") is True  # type: ignore[arg-type]
     assert answers_match("5", [None, "5"]) is True  # type: ignore[list-item]
