@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import random
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
@@ -77,6 +76,7 @@ class OpenAIBackend:
         self._lock = threading.Lock()
         self._jitter = random.Random()  # jitter only spaces out retries; it never affects outputs
         self._warned: set[str] = set()
+        self._cancel = threading.Event()
 
     def __repr__(self) -> str:
         return f"OpenAIBackend(model={self.model!r}, base_url={self.base_url!r}, endpoint={self.endpoint!r})"
@@ -95,6 +95,7 @@ class OpenAIBackend:
         wanted = [params.n if r.n is None else r.n for r in requests]
         results: list[list[Completion]] = [[] for _ in requests]
         pool = ThreadPoolExecutor(max_workers=self.concurrency)
+        self._cancel = threading.Event()
         try:
             for _ in range(MAX_ROUNDS):
                 pending = [i for i, n in enumerate(wanted) if len(results[i]) < n]
@@ -113,6 +114,9 @@ class OpenAIBackend:
                                                     sample_seed(seed, have))))
                 for i, job in jobs:
                     results[i].extend(job.result()[: wanted[i] - len(results[i])])
+        except BaseException:
+            self._cancel.set()  # a failure or Ctrl-C: other calls stop retrying so the process can exit
+            raise
         finally:
             pool.shutdown(wait=False, cancel_futures=True)  # on failure, don't wait out other retries
         raise BackendError(f"{self._where()}: server kept returning too few choices after {MAX_ROUNDS} rounds")
@@ -218,7 +222,8 @@ class OpenAIBackend:
             except ValueError as exc:  # a body that is not JSON
                 raise BackendError(self._describe("malformed response (not JSON)", str(exc), attempt)) from None
             attempt += 1
-            time.sleep(delay)
+            if self._cancel.wait(delay):
+                raise BackendError(f"{self._where()}: cancelled")
 
     def _delay(self, attempt: int, retry_after: str | None = None) -> float:
         """Full-jitter exponential backoff; a server's Retry-After (seconds) is a floor, within the cap."""
