@@ -72,6 +72,14 @@ def test_default_prompt_has_placeholders_and_braces_in_problems_survive():
     assert "Step 1: a\nStep 2: b" in filled and "Final Decision" in filled
 
 
+def test_reference_includes_a_reference_solution_when_present():
+    from stepdpo_cli.localizers.judge import reference_for
+
+    assert reference_for({"answer": ["1", "2"]}) == "1 or 2"
+    text = reference_for({"answer": "5", "solution": "Add 2 and 3 to get $\\boxed{5}$."})
+    assert text.startswith("5\n\nReference solution:\nAdd 2 and 3")
+
+
 def test_custom_prompt_without_steps_is_a_usage_error(tmp_path):
     bad = tmp_path / "p.txt"
     bad.write_text("Judge {problem}")

@@ -194,6 +194,16 @@ def build_judge_prompt(template: str, problem: str, answer: Any, steps: Sequence
     return filled.replace("{steps}", numbered(list(steps)))
 
 
+def reference_for(record: dict) -> str:
+    """The judge's reference: the answer, plus the reference solution when the record has one (MATH has)."""
+    answer = record.get("answer")
+    text = " or ".join(answer) if isinstance(answer, list) else str(answer if answer is not None else "")
+    solution = record.get("solution") or record.get("reference_solution")
+    if isinstance(solution, str) and solution.strip():
+        text += "\n\nReference solution:\n" + solution.strip()
+    return text
+
+
 def ask_judge(backend: Backend, prompt_template: str, items: Sequence[tuple[str, Any, Sequence[str], int]], *,
               neutral_is_error: bool = False, max_tokens: int = 1024,
               temperature: float = 0.0) -> list[tuple[str, JudgeParse]]:
@@ -222,7 +232,7 @@ def judge_records(records: Iterable[dict], backend: Backend, *, spec: str = "", 
     batch: list[dict] = []
 
     def flush() -> list[dict]:
-        items = [(r["problem"], r.get("answer"), r["steps"], derive_seed(seed, r["id"], "judge")) for r in batch]
+        items = [(r["problem"], reference_for(r), r["steps"], derive_seed(seed, r["id"], "judge")) for r in batch]
         answers = ask_judge(backend, prompt_template, items, neutral_is_error=neutral_is_error,
                             max_tokens=max_tokens, temperature=temperature)
         for record, (raw, parsed) in zip(batch, answers):
