@@ -211,6 +211,7 @@ def localize(
     rollouts: Annotated[int, typer.Option(help="rollout: continuations per step prefix.")] = 8,
     threshold: Annotated[float, typer.Option(help="rollout: a prefix whose success rate is <= this is a dead end.")] = 0.0,
     search: Annotated[str, typer.Option(help="rollout: linear | binary (OmegaPRM; assumes monotone success).")] = "linear",
+    check_root: Annotated[bool, typer.Option(help="rollout: first roll out from the bare problem; never solved -> undecided.")] = False,
     verifier: Annotated[Optional[str], typer.Option(help="verifier: module:function or file.py:function.")] = None,
     template: Annotated[Optional[str], typer.Option(help="Template for records without a `template` field.")] = None,
     temperature: Annotated[float, typer.Option(help="Sampling temperature (rollout; judge uses 0).")] = 0.8,
@@ -265,7 +266,8 @@ def localize(
         options = {"backend": _load_policy(model, backend, "--model", device=device, base_url=base_url),
                    "spec": model, "rollouts": rollouts,
                    "threshold": threshold, "search": search, "temperature": temperature, "top_p": top_p,
-                   "max_tokens": max_tokens, "seed": seed, "batch_size": batch_size, "template": template}
+                   "max_tokens": max_tokens, "seed": seed, "batch_size": batch_size, "template": template,
+                   "check_root": check_root}
     counts: dict[str, Any] = {}
     try:
         stats, _ = run_records(lambda records: localize_records(records, method, counts=counts, **options),

@@ -82,6 +82,22 @@ def test_same_seed_same_result_and_counts_feed_the_summary():
     assert counts["records"] == 2 and counts["rollouts"] == sum(r["rollouts_spent"] for r in first)
 
 
+def test_check_root_keeps_unsolvable_problems_undecided():
+    class Hopeless(ScriptedPolicy):  # never reaches the answer from any prefix
+        def complete(self, prompt, seed, j):
+            done = super().complete(prompt, seed, j)
+            done.text = done.text.replace("boxed{", "boxed{9")
+            return done
+
+    [plain], _ = _run([make_record(NUMBERS8, 5)], "linear", policy=Hopeless())
+    [checked], policy = _run([make_record(NUMBERS8, 5)], "binary", policy=Hopeless(), check_root=True)
+    assert plain["first_error_step"] == 1  # without the check, "step 1" is all a hopeless policy can say
+    assert checked["first_error_step"] is None and checked["localize_status"] == "undecided"
+    assert checked["root_score"] == 0.0 and checked["rollouts_spent"] == 4
+    [solvable], _ = _run([make_record(NUMBERS8, 5)], "binary", check_root=True)
+    assert solvable["first_error_step"] == 5 and solvable["root_score"] == 1.0
+
+
 def test_cli_rollout_with_the_tiny_model(tiny_model):
     import json
 

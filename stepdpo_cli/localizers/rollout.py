@@ -34,9 +34,15 @@ class _Search:
     next_linear: int = 1
     scores: list = field(default_factory=list)
     spent: int = 0
+    root_score: float | None = None  # success rate from the bare CoT prefix (only with check_root)
+    unsolvable: bool = False  # check_root found the problem itself a dead end: nothing to localize
 
-    def next_prefix(self, search: str) -> int | None:
+    def next_prefix(self, search: str, check_root: bool = False) -> int | None:
         """The step count of the next prefix to roll out from, or None when the search is over."""
+        if self.unsolvable:
+            return None
+        if check_root and self.root_score is None and self.hi is not None:
+            return 0
         if search == "linear":
             limit = self.hi if self.hi is not None else self.n  # the full solution is graded, not rolled
             return self.next_linear if self.next_linear < limit else None
@@ -45,6 +51,9 @@ class _Search:
         return (self.lo + self.hi) // 2 if self.hi - self.lo > 1 else None
 
     def record_score(self, i: int, rate: float, dead: bool) -> None:
+        if i == 0:
+            self.root_score, self.unsolvable = rate, dead
+            return
         self.scores[i - 1] = rate
         if dead:
             self.hi = i if self.hi is None else min(self.hi, i)
@@ -62,14 +71,19 @@ def _final_correct(record: dict, timeout: float) -> bool:
 def rollout_records(records: Iterable[dict], backend: Backend, *, spec: str = "", rollouts: int = 8,
                     threshold: float = 0.0, search: str = "linear", temperature: float = 0.8, top_p: float = 0.95,
                     max_tokens: int = 512, seed: int = 0, batch_size: int = 64, template: str | None = None,
-                    grade_timeout: float = 5.0, counts: dict | None = None) -> Iterator[list[dict]]:
-    """Localize records by rollouts, `batch_size` records at a time; yields each finished batch as a list."""
+                    grade_timeout: float = 5.0, check_root: bool = False,
+                    counts: dict | None = None) -> Iterator[list[dict]]:
+    """Localize records by rollouts, `batch_size` records at a time; yields each finished batch as a list.
+
+    `check_root` first rolls out from the bare CoT prefix: a problem the policy never solves has no first
+    error to find (every prefix is a dead end), so such records become `undecided` instead of step 1."""
     if search not in SEARCHES:
         raise ValueError(f"search must be one of {SEARCHES}")
     counts = counts if counts is not None else {}
     params = SamplingParams(n=rollouts, temperature=temperature, top_p=top_p, max_tokens=max_tokens)
     settings = {"method": "rollout", "model": spec, "rollouts": rollouts, "threshold": threshold, "search": search,
-                "temperature": temperature, "top_p": top_p, "max_tokens": max_tokens, "seed": seed}
+                "temperature": temperature, "top_p": top_p, "max_tokens": max_tokens, "seed": seed,
+                "check_root": check_root}
     batch: list[dict] = []
     for record in records:
         batch.append(record)
@@ -91,7 +105,7 @@ def _localize_batch(batch: list[dict], backend: Backend, params: SamplingParams,
         state.hi = None if final_ok else state.n
         states.append(state)
     while True:
-        pending = [(s, s.next_prefix(search)) for s in states]
+        pending = [(s, s.next_prefix(search, settings["check_root"])) for s in states]
         pending = [(s, i) for s, i in pending if i is not None]
         if not pending:
             break
@@ -105,10 +119,13 @@ def _localize_batch(batch: list[dict], backend: Backend, params: SamplingParams,
             state.record_score(i, rate, rate <= threshold)
     for state in states:
         record = state.record
-        first = state.hi  # linear: the first dead end; binary: the bisection's end point
+        first = None if state.unsolvable else state.hi  # linear: the first dead end; binary: bisection's end
         record["first_error_step"] = first
-        record["localize_status"] = "error_found" if first is not None else "no_error"
+        record["localize_status"] = ("undecided" if state.unsolvable else
+                                     "error_found" if first is not None else "no_error")
         record["step_scores"] = state.scores
+        if settings["check_root"]:
+            record["root_score"] = state.root_score
         record["rollouts_spent"] = state.spent
         record["localizer"] = dict(settings)
         counts["rollouts"] = counts.get("rollouts", 0) + state.spent
