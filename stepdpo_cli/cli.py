@@ -371,7 +371,9 @@ def pair(
     if tokenizer:
         from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(tokenizer)
+        from .backends.base import parse_model_spec
+
+        tok = AutoTokenizer.from_pretrained(parse_model_spec(tokenizer).model)  # a model spec works too
         lengths, unit = (lambda text: len(tok(text, add_special_tokens=False)["input_ids"])), "tokens"
     counts: dict[str, Any] = {}
     # Pair ids are "{source id}/cJ": on resume, a source record is done when any of its pairs is written.

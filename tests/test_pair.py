@@ -126,7 +126,7 @@ def test_cli_pair_file_and_stdin_agree_and_resume(tmp_path):
 
 def test_cli_pair_token_ratio_with_a_tokenizer(tiny_model):
     line = json.dumps(_rectified(3)) + "\n"
-    proc = run_cli("pair", "--tokenizer", tiny_model, input=line)
+    proc = run_cli("pair", "--tokenizer", f"hf:{tiny_model}", input=line)
     assert proc.returncode == 0 and "prefix_step_ratio_tokens=" in proc.stderr.decode()
 
 
