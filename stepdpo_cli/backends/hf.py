@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
+from transformers.cache_utils import CacheLayerMixin
 
 from .base import Completion, Request, SamplingParams, truncate_at_stop
 
@@ -44,42 +45,130 @@ def _resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype 
         raise InputError(f"unknown dtype {dtype!r}; choose auto, float32, bfloat16 or float16", field="--dtype") from None
 
 
-def _buffered_cache(config: Any, reserve: int) -> Any:
-    """A DynamicCache whose layers write into preallocated buffers instead of `torch.cat` per token.
+_SHARED_ATTENTION = "stepdpo_shared_prefix"
+# Model families whose attention is plain scaled-dot-product over (optionally grouped) heads, so the
+# prefix-shared attention below computes exactly what their own attention would.
+_SHARED_ATTENTION_MODELS = {"qwen2", "qwen3", "llama", "mistral"}
 
-    `torch.cat` re-copies the whole cache at every step (quadratic in length); it was the largest single
-    cost of decoding on the tiny model. Sliding-window models keep transformers' own layers.
+
+def _register_shared_attention() -> None:
+    """Register the prefix-shared attention under its own name (prefill masks are sdpa's)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    if _SHARED_ATTENTION not in AttentionInterface._global_mapping:
+        AttentionInterface.register(_SHARED_ATTENTION, _shared_prefix_attention)
+        ALL_MASK_ATTENTION_FUNCTIONS.register(_SHARED_ATTENTION, sdpa_mask)
+
+
+def _shared_prefix_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                             attention_mask: Any, dropout: float = 0.0, scaling: float | None = None,
+                             shared_kv: Any = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """Decode-step attention that reads each prompt's KV once for all of its samples.
+
+    The cache keeps one copy of every prompt's keys/values ([P, kv_heads, W, d]) and a per-sample suffix
+    ([P*m, kv_heads, S, d]). The m samples' queries of a prompt are stacked against its single prefix copy,
+    then one softmax runs over [prefix | suffix]: the same numbers as attention over a repeated cache,
+    with the prefix read from memory once per prompt instead of m times (decode is memory-bound here).
+    Prefill (and any call without `shared_kv`) is transformers' sdpa attention.
     """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if shared_kv is None or query.shape[2] != 1:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    layer = shared_kv.layers[module.layer_idx]
+    rows, heads, _, dim = query.shape
+    prompts, kv_heads, width, _ = layer.pk.shape
+    m, groups = rows // prompts, heads // kv_heads
+    scale = scaling if scaling is not None else dim ** -0.5
+    # [P*m, H, 1, d] -> [P, kv, m*G, d]: query heads h = kv*G + g share kv head `kv` (as repeat_kv does).
+    q = query.reshape(prompts, m, kv_heads, groups, dim).permute(0, 2, 1, 3, 4).reshape(prompts, kv_heads, m * groups, dim)
+    prefix_scores = torch.matmul(q, layer.pk.transpose(-1, -2)).mul_(scale)
+    prefix_scores.masked_fill_(~shared_kv.prefix_mask[:, None, None, :], float("-inf"))
+    suffix_q = query.reshape(rows, kv_heads, groups, dim)
+    suffix_scores = torch.matmul(suffix_q, key.transpose(-1, -2)).mul_(scale)  # [P*m, kv, G, S]
+    steps = suffix_scores.shape[-1]
+    suffix_scores = suffix_scores.reshape(prompts, m, kv_heads, groups, steps).permute(0, 2, 1, 3, 4)
+    scores = torch.cat([prefix_scores, suffix_scores.reshape(prompts, kv_heads, m * groups, steps)], dim=-1)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    out = torch.matmul(probs[..., :width], layer.pv)  # [P, kv, m*G, d]
+    out = out.reshape(prompts, kv_heads, m, groups, dim).permute(0, 2, 1, 3, 4).reshape(rows, kv_heads, groups, dim)
+    suffix_probs = probs[..., width:].reshape(prompts, kv_heads, m, groups, steps).permute(0, 2, 1, 3, 4)
+    out = out + torch.matmul(suffix_probs.reshape(rows, kv_heads, groups, steps), value)
+    return out.reshape(rows, 1, heads, dim), None
+
+
+class _KVLayer(CacheLayerMixin):
+    """One decoder layer's cache: the prompts' prefix K/V (prefill) and a preallocated per-row suffix.
+
+    Shared mode keeps the prefix once per prompt (read by `_shared_prefix_attention`). Expanded mode (other
+    models) copies each prompt's prefix into its rows' buffers so any attention implementation works.
+    Buffers are written in place: `torch.cat` per token re-copied the whole cache every step.
+    """
+
+    is_sliding = False
+    is_compileable = False
+
+    def __init__(self, reserve: int):
+        super().__init__()
+        self.reserve = reserve
+        self.pk = self.pv = None
+        self.kbuf = self.vbuf = None
+        self.length = 0
+        self.is_initialized = False
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
+        if self.pk is None and self.kbuf is None:  # prefill
+            self.pk, self.pv = key_states, value_states
+            self.is_initialized = True
+            return key_states, value_states
+        end = self.length + key_states.shape[2]
+        self.kbuf[:, :, self.length:end] = key_states
+        self.vbuf[:, :, self.length:end] = value_states
+        self.length = end
+        return self.kbuf[:, :, :end], self.vbuf[:, :, :end]
+
+    def start_decode(self, slot_prompt: torch.Tensor, shared: bool) -> None:
+        """Allocate per-row buffers after prefill; expanded mode copies each row's prompt prefix in."""
+        rows = len(slot_prompt)
+        kv, width, dim = self.pk.shape[1], self.pk.shape[2], self.pk.shape[3]
+        start = 0 if shared else width
+        self.kbuf = self.pk.new_empty((rows, kv, start + self.reserve, dim))
+        self.vbuf = self.pv.new_empty((rows, kv, start + self.reserve, self.pv.shape[3]))
+        if not shared:
+            self.kbuf[:, :, :width] = self.pk[slot_prompt]
+            self.vbuf[:, :, :width] = self.pv[slot_prompt]
+            self.pk = self.pv = None
+        self.length = start
+
+    def select(self, prompt_index: torch.Tensor | None, row_index: torch.Tensor) -> None:
+        if self.pk is not None and prompt_index is not None:
+            self.pk, self.pv = self.pk[prompt_index], self.pv[prompt_index]
+        self.kbuf, self.vbuf = self.kbuf[row_index], self.vbuf[row_index]
+
+    def get_seq_length(self) -> int:
+        return (0 if self.pk is None else self.pk.shape[2]) + self.length
+
+    def get_mask_sizes(self, query_length: int, *args: Any, **kwargs: Any) -> tuple[int, int]:
+        return self.get_seq_length() + query_length, 0
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        pass
+
+
+def _make_cache(config: Any, reserve: int) -> Any:
+    """A transformers Cache whose layers are `_KVLayer`s (the model only calls `update` on them)."""
     from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
 
-    class BufferLayer(DynamicLayer):
-        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-                self.length = 0
-                shape = (*key_states.shape[:2], key_states.shape[2] + reserve, key_states.shape[3])
-                self.kbuf = key_states.new_empty(shape)
-                self.vbuf = value_states.new_empty((*shape[:3], value_states.shape[3]))
-            end = self.length + key_states.shape[2]
-            if end > self.kbuf.shape[2]:  # grow geometrically (only when reserve was too small)
-                extra = max(end - self.kbuf.shape[2], self.kbuf.shape[2])
-                self.kbuf = torch.cat([self.kbuf, self.kbuf.new_empty((*self.kbuf.shape[:2], extra, self.kbuf.shape[3]))], 2)
-                self.vbuf = torch.cat([self.vbuf, self.vbuf.new_empty((*self.vbuf.shape[:2], extra, self.vbuf.shape[3]))], 2)
-            self.kbuf[:, :, self.length:end] = key_states
-            self.vbuf[:, :, self.length:end] = value_states
-            self.length = end
-            self.keys, self.values = self.kbuf[:, :, :end], self.vbuf[:, :, :end]
-            return self.keys, self.values
-
-        def batch_select_indices(self, indices: torch.Tensor) -> None:
-            if self.is_initialized:
-                self.kbuf, self.vbuf = self.kbuf[indices], self.vbuf[indices]
-                self.keys, self.values = self.kbuf[:, :, :self.length], self.vbuf[:, :, :self.length]
-
-    cache = DynamicCache(config=config)
-    if all(type(layer) is DynamicLayer for layer in cache.layers):
-        cache.layers = [BufferLayer() for _ in cache.layers]
+    cache = DynamicCache()
+    layers = config.get_text_config(decoder=True).num_hidden_layers
+    cache.layers = [_KVLayer(reserve) for _ in range(layers)]
+    cache.layer_class_to_replicate = None
+    cache.prefix_mask = None
     return cache
 
 
@@ -133,6 +222,17 @@ class HFBackend:
             model_path, dtype=_resolve_dtype(dtype, self.device), trust_remote_code=trust_remote_code
         ).to(self.device)
         self.lm.eval()
+        # Prefix-shared decode attention where the model's attention is plain (see _shared_prefix_attention);
+        # other models get each prompt's KV copied per sample (same results, more memory traffic).
+        text_config = self.lm.config.get_text_config(decoder=True)
+        self.shared_attention = bool(
+            shared_prefill and text_config.model_type in _SHARED_ATTENTION_MODELS
+            and set(getattr(text_config, "layer_types", None) or ["full_attention"]) == {"full_attention"}
+            and not getattr(text_config, "use_sliding_window", False)
+        )
+        if self.shared_attention:
+            _register_shared_attention()
+            self.lm.config._attn_implementation = _SHARED_ATTENTION
         self.eos_ids = self._eos_ids()
         pad = self._tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (min(self.eos_ids) if self.eos_ids else 0)
@@ -189,9 +289,17 @@ class HFBackend:
                    counts: list[int], params: SamplingParams, results: list[list[Completion]]) -> None:
         device = self.device
         rows = [_Row(b, j) for b, i in enumerate(batch) for j in range(counts[i])]
-        # Row r decodes from prompt `source[r]` (an index into `batch`).
-        source = torch.tensor([row.request for row in rows], device=device)
-        prompts = [encoded[i] for i in batch] if self.shared_prefill else [encoded[batch[r.request]] for r in rows]
+        # The batch is a grid of prompts x m slots; slot t holds a row index, or -1 (padding / finished).
+        # Shared prefill: one prompt per request, m = its n. Otherwise every sample re-encodes its prompt.
+        if self.shared_prefill:
+            prompts = [encoded[i] for i in batch]
+            m = max(counts[i] for i in batch)
+            firsts = [sum(counts[i] for i in batch[:b]) for b in range(len(batch))]
+            slots = [firsts[b] + j if j < counts[i] else -1 for b, i in enumerate(batch) for j in range(m)]
+        else:
+            prompts = [encoded[batch[row.request]] for row in rows]
+            m = 1
+            slots = list(range(len(rows)))
         width = max(len(p) for p in prompts)
         input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -199,24 +307,22 @@ class HFBackend:
             input_ids[k, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
             mask[k, width - len(ids):] = 1
         input_ids, mask = input_ids.to(device), mask.to(device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = _buffered_cache(self.lm.config, reserve=params.max_tokens)
-        out = self.lm(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                      use_cache=True, logits_to_keep=1)
-        logits = out.logits[:, -1, :]
-        next_pos = mask.sum(-1)
-        if self.shared_prefill:
-            # One prefill per prompt; the n samples get copies of its KV cache rows.
-            cache.batch_select_indices(source)
-            logits, mask, next_pos = logits[source], mask[source], next_pos[source]
+        cache = _make_cache(self.lm.config, reserve=params.max_tokens)
+        out = self.lm(input_ids=input_ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                      past_key_values=cache, use_cache=True, logits_to_keep=1)
+        slot_prompt = torch.arange(len(prompts), device=device).repeat_interleave(m)
+        logits, next_pos = out.logits[:, -1, :][slot_prompt], mask.sum(-1)[slot_prompt]
+        shared = self.shared_attention
+        for layer in cache.layers:
+            layer.start_decode(slot_prompt, shared)
+        if shared:
+            cache.prefix_mask = mask.bool()
+        else:
+            mask = mask[slot_prompt]
 
         generators = [torch.Generator().manual_seed(int(requests[i].seed)) for i in batch]
         stop = tuple(s for s in params.stop if s)
         tail = max((len(s.encode("utf-8")) for s in stop), default=0) + 1
-        # `slots[t]` is the row decoded in tensor row t, or -1 once it finished. Finished rows stay in the
-        # batch (fed padding) until a quarter of it is dead, then the batch is compacted: copying the
-        # cache at every finish cost more than the wasted rows.
-        slots = list(range(len(rows)))
         finished: dict[int, tuple[str, str | None]] = {}
         for _ in range(params.max_tokens):
             live = [t for t, a in enumerate(slots) if a >= 0]
@@ -248,18 +354,34 @@ class HFBackend:
                     if hit is not None:
                         finished[slots[t]] = ("stop", hit)
                         slots[t] = -1
-            survivors = [t for t, a in enumerate(slots) if a >= 0]
-            if not survivors:
+            # Finished rows keep being fed padding until a quarter of the prompts (shared: whole prompts
+            # only, its samples share one prefix) are done; then the batch is compacted. Copying the cache
+            # at every single finish cost more than the wasted rows.
+            groups = len(slots) // m
+            keep_groups = [g for g in range(groups) if any(a >= 0 for a in slots[g * m:(g + 1) * m])]
+            if not keep_groups:
                 break
-            if len(slots) - len(survivors) >= max(1, len(slots) // 4):
-                index = torch.tensor(survivors, device=device)
-                cache.batch_select_indices(index)
-                mask, next_pos = mask[index], next_pos[index]
-                step_tokens = [step_tokens[t] for t in survivors]
-                slots = [slots[t] for t in survivors]
-            mask = torch.cat([mask, mask.new_ones((len(slots), 1))], dim=-1)
-            out = self.lm(input_ids=torch.tensor(step_tokens, device=device)[:, None], attention_mask=mask,
-                          position_ids=next_pos[:, None], past_key_values=cache, use_cache=True)
+            if groups - len(keep_groups) >= max(1, groups // 4):
+                row_index = [g * m + j for g in keep_groups for j in range(m)]
+                index = torch.tensor(row_index, device=device)
+                prompt_index = torch.tensor(keep_groups, device=device) if shared else None
+                for layer in cache.layers:
+                    layer.select(prompt_index, index)
+                if shared:
+                    cache.prefix_mask = cache.prefix_mask[prompt_index]
+                else:
+                    mask = mask[index]
+                next_pos = next_pos[index]
+                step_tokens = [step_tokens[t] for t in row_index]
+                slots = [slots[t] for t in row_index]
+            if shared:
+                step_mask: Any = {"full_attention": None}  # the attention reads cache.prefix_mask instead
+            else:
+                mask = torch.cat([mask, mask.new_ones((len(slots), 1))], dim=-1)
+                step_mask = mask
+            out = self.lm(input_ids=torch.tensor(step_tokens, device=device)[:, None], attention_mask=step_mask,
+                          position_ids=next_pos[:, None], past_key_values=cache, use_cache=True,
+                          **({"shared_kv": cache} if shared else {}))
             logits = out.logits[:, -1, :]
             next_pos = next_pos + 1
 
