@@ -130,7 +130,8 @@ def test_cli_pair_token_ratio_with_a_tokenizer(tiny_model):
     assert proc.returncode == 0 and "prefix_step_ratio_tokens=" in proc.stderr.decode()
 
 
-@pytest.mark.parametrize("args", [["--format", "nope"], ["--chosen-source", "gpt"]])
+@pytest.mark.parametrize("args", [["--format", "nope"], ["--chosen-source", "gpt"],
+                                  ["--format", "dpo", "--chosen-source", "reference-step"]])
 def test_cli_pair_bad_options_exit_2(args):
     proc = run_cli("pair", *args, input=json.dumps(_rectified(2)) + "\n")
     assert proc.returncode == 2 and proc.stdout == b""

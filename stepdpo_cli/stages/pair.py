@@ -84,6 +84,9 @@ def pair_records(records: Iterable[dict], *, format: str = "step", chosen_source
         raise InputError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}", field="--format")
     if chosen_source not in CHOSEN_SOURCES:
         raise InputError(f"choose one of {', '.join(CHOSEN_SOURCES)}", field="--chosen-source")
+    if format == "dpo" and chosen_source == "reference-step":
+        raise InputError("a reference step is one step, not a whole solution: use --format step",
+                         field="--chosen-source")
     counts = counts if counts is not None else {}
     seen: set[tuple[str, ...]] = set()
     per_problem: dict[str, int] = {}
@@ -135,7 +138,7 @@ def pair_records(records: Iterable[dict], *, format: str = "step", chosen_source
                 continue
             seen.add(key)
             per_problem[problem] = per_problem.get(problem, 0) + 1
-            row = {**{key: value for key, value in record.items() if key not in _NOT_COPIED}, **row}
+            row = {**{name: value for name, value in record.items() if name not in _NOT_COPIED}, **row}
             row.update({"answer": record["answer"], "dataset": record.get("dataset", ""),
                         "id": f"{record['id']}/{suffix}", "source_id": record["id"],
                         "problem_id": record.get("problem_id"), "first_error_step": k, "format": format,
