@@ -364,9 +364,10 @@ def pair(
     quiet: QuietOpt = False,
 ) -> None:
     """Emit Step-DPO pairs (prompt, initial_reason_steps, chosen, rejected, full_chosen, full_rejected, ...)."""
-    from .stages.pair import pair_records, pair_summary, validate_pairable
+    from .stages.pair import check_pair_options, pair_records, pair_summary, validate_pairable
 
     log.set_quiet(quiet)
+    check_pair_options(format, chosen_source)
     lengths, unit = len, "chars"
     if tokenizer:
         from transformers import AutoTokenizer

@@ -75,11 +75,8 @@ _NOT_COPIED = frozenset({"problem", "completion", "steps", "prediction", "correc
                          "localize_status", "reference_step"})
 
 
-def pair_records(records: Iterable[dict], *, format: str = "step", chosen_source: str = "model",
-                 max_per_problem: int | None = None, counts: dict | None = None,
-                 lengths: Any = len) -> Iterator[list[dict]]:
-    """Yield each record's pair rows as one group. `counts` collects the summary (see `pair_summary`);
-    `lengths(text) -> int` measures prefix and step sizes (a tokenizer's token count, or characters)."""
+def check_pair_options(format: str, chosen_source: str) -> None:
+    """Usage errors (exit 2), checked before any output file is opened."""
     if format not in FORMATS:
         raise InputError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}", field="--format")
     if chosen_source not in CHOSEN_SOURCES:
@@ -87,6 +84,14 @@ def pair_records(records: Iterable[dict], *, format: str = "step", chosen_source
     if format == "dpo" and chosen_source == "reference-step":
         raise InputError("a reference step is one step, not a whole solution: use --format step",
                          field="--chosen-source")
+
+
+def pair_records(records: Iterable[dict], *, format: str = "step", chosen_source: str = "model",
+                 max_per_problem: int | None = None, counts: dict | None = None,
+                 lengths: Any = len) -> Iterator[list[dict]]:
+    """Yield each record's pair rows as one group. `counts` collects the summary (see `pair_summary`);
+    `lengths(text) -> int` measures prefix and step sizes (a tokenizer's token count, or characters)."""
+    check_pair_options(format, chosen_source)
     counts = counts if counts is not None else {}
     seen: set[tuple[str, ...]] = set()
     per_problem: dict[str, int] = {}
