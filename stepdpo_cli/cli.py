@@ -263,6 +263,9 @@ def localize(
             raise InputError(f"choose one of {', '.join(SEARCHES)}", field="--search")
         if rollouts < 1:
             raise InputError("must be >= 1", field="--rollouts")
+        if not 0.0 <= threshold < 1.0:
+            raise InputError("must be in [0, 1): a prefix is a dead end when its success rate is <= it",
+                             field="--threshold")
         options = {"backend": _load_policy(model, backend, "--model", device=device, base_url=base_url),
                    "spec": model, "rollouts": rollouts,
                    "threshold": threshold, "search": search, "temperature": temperature, "top_p": top_p,

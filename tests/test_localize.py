@@ -97,6 +97,8 @@ def test_cli_resume_and_output_file(tmp_path):
     (["--method", "verifier"], "--verifier"),
     (["--method", "judge"], "--judge"),
     (["--method", "rollout"], "--model"),
+    (["--method", "rollout", "--model", "hf:x", "--threshold", "1"], "--threshold"),
+    (["--method", "rollout", "--model", "hf:x", "--search", "ternary"], "--search"),
     (["--method", "verifier", "--verifier", "scripted_policy:nothing"], "--verifier"),
 ])
 def test_cli_usage_errors_exit_2(args, field):
