@@ -144,7 +144,7 @@ def main() -> None:
         results[name] = result
     for name, result in results.items():
         print(f"{name:15s} {result['pairs_per_s']:8.2f} pairs/s  train {result['seconds']:7.1f} s  "
-              f"peak RSS {result['peak_rss_mb']:7.0f} MB  final loss {result['loss']:.4f}")
+              f"peak RSS {result['peak_rss_mb']:7.0f} MB  loss {result["loss"]:.4f}")
     base = results.get("trl-precompute")
     if base and "stepdpo" in results:
         ours = results["stepdpo"]
@@ -152,6 +152,7 @@ def main() -> None:
               f"{ours['peak_rss_mb'] / base['peak_rss_mb']:.2f}x peak RSS")
     if "trl" in results and "stepdpo" in results:
         print(f"stepdpo / trl (no precompute): {results['stepdpo']['pairs_per_s'] / results['trl']['pairs_per_s']:.2f}x pairs/s")
+    print("loss: stepdpo = last step's, TRL = mean over training (not comparable)")
     print(f"note: TRL appends EOS to chosen/rejected (one extra token each); stepdpo does not (partial steps). "
           f"load after: {os.getloadavg()[0]:.2f}")
 

@@ -67,7 +67,7 @@ def _config(model, data, out, **kw) -> TrainConfig:
 
 
 @pytest.mark.parametrize("objective,extra", [("step-dpo", {}), ("dpo", {"label_smoothing": 0.1}),
-                                             ("full-step-dpo", {})])
+                                             ("full-step-dpo", {}), ("step-dpo", {"gradient_checkpointing": True})])
 def test_preference_loss_starts_at_log2(tiny_model, tmp_path, objective, extra):
     data = _pairs(tmp_path / "p.jsonl", n=8, scores=objective == "full-step-dpo")
     [first] = _run(_config(tiny_model, data, tmp_path / "o", objective=objective, max_steps=1, **extra))
@@ -168,3 +168,18 @@ def test_two_process_zero2(tiny_model, tmp_path):
 @pytest.mark.slow
 def test_two_process_zero3(tiny_model, tmp_path):
     _multi_process(tiny_model, tmp_path, "--deepspeed", "zero3")
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_accelerate_config_file(tiny_model, tmp_path):
+    """--config-file hands an accelerate yaml (the multi-node route) to `accelerate launch`."""
+    yaml = tmp_path / "accelerate.yaml"
+    yaml.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_CPU\nnum_processes: 2\n"
+                    "num_machines: 1\nmachine_rank: 0\nmain_process_ip: 127.0.0.1\nmain_process_port: 29517\n"
+                    "mixed_precision: 'no'\nuse_cpu: true\n")
+    data = _pairs(tmp_path / "p.jsonl", n=8)
+    proc = run_cli("train", "--model", tiny_model, "--data", data, "--output", str(tmp_path / "o"),
+                   "--batch-size", "2", "--max-steps", "1", "--config-file", str(yaml), timeout=900)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    assert json.loads((tmp_path / "o" / "stepdpo.json").read_text())["summary"]["processes"] == 2

@@ -103,6 +103,8 @@ def relaunch(argv: list[str], *, num_processes: int, config_file: str | None, de
         if not os.path.isfile(config_file):
             raise InputError("no such file", field="--config-file")
         cmd += ["--config_file", config_file]
+        if num_processes > 1:  # an explicit --num-processes overrides the yaml's
+            cmd += ["--num_processes", str(num_processes)]
     else:
         cmd += ["--num_processes", str(num_processes), "--num_machines", "1", "--mixed_precision", "no",
                 "--dynamo_backend", "no", "--main_process_port", str(_free_port())]

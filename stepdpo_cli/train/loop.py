@@ -95,13 +95,19 @@ def _make_accelerator(config: TrainConfig):
 
         ds = deepspeed_config(config.deepspeed, config)
         plugin = DeepSpeedPlugin(hf_ds_config=ds)
-    return Accelerator(
+    accelerator = Accelerator(
         gradient_accumulation_steps=config.grad_accum,
         mixed_precision="bf16" if config.bf16 else "no",
         kwargs_handlers=handlers, deepspeed_plugin=plugin, step_scheduler_with_optimizer=False,
         log_with="tensorboard" if config.report_to == "tensorboard" else None,
         project_dir=os.path.join(config.output, "runs") if config.report_to == "tensorboard" else None,
     )
+    # A DeepSpeed config from an accelerate yaml (--config-file) may say "auto" for the micro-batch size,
+    # which accelerate can only fill from a prepared DataLoader; we batch ourselves, so fill it here.
+    state_plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if state_plugin is not None and state_plugin.deepspeed_config.get("train_micro_batch_size_per_gpu") == "auto":
+        state_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.batch_size
+    return accelerator
 
 
 def _load_model(config: TrainConfig, model_path: str):
@@ -364,7 +370,8 @@ def _reference_logps(model, examples, accelerator, config, pad_id, model_path, t
     """Reference log-probs of the initial policy, cached beside the output (reused on resume)."""
     path = os.path.join(config.output, REF_FILE)
     fingerprint = {"model": os.path.abspath(model_path) if os.path.exists(model_path) else model_path,
-                   "template": template, "objective": config.objective, "max_length": config.max_length}
+                   "template": template, "objective": config.objective, "max_length": config.max_length,
+                   "bf16": config.bf16}
     cache: dict = {}
     if os.path.isfile(path):
         stored = torch.load(path, weights_only=False)
