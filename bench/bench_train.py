@@ -144,7 +144,7 @@ def main() -> None:
         results[name] = result
     for name, result in results.items():
         print(f"{name:15s} {result['pairs_per_s']:8.2f} pairs/s  train {result['seconds']:7.1f} s  "
-              f"peak RSS {result['peak_rss_mb']:7.0f} MB  loss {result["loss"]:.4f}")
+              f"peak RSS {result['peak_rss_mb']:7.0f} MB  loss {result['loss']:.4f}")
     base = results.get("trl-precompute")
     if base and "stepdpo" in results:
         ours = results["stepdpo"]
