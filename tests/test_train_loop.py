@@ -175,9 +175,10 @@ def test_two_process_zero3(tiny_model, tmp_path):
 def test_accelerate_config_file(tiny_model, tmp_path):
     """--config-file hands an accelerate yaml (the multi-node route) to `accelerate launch`."""
     yaml = tmp_path / "accelerate.yaml"
-    yaml.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_CPU\nnum_processes: 2\n"
+    # MULTI_GPU as on a cluster; on this CPU machine the launcher adds ACCELERATE_USE_CPU (DDP over gloo).
+    yaml.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\nnum_processes: 2\n"
                     "num_machines: 1\nmachine_rank: 0\nmain_process_ip: 127.0.0.1\nmain_process_port: 29517\n"
-                    "mixed_precision: 'no'\nuse_cpu: true\n")
+                    "mixed_precision: 'no'\n")
     data = _pairs(tmp_path / "p.jsonl", n=8)
     proc = run_cli("train", "--model", tiny_model, "--data", data, "--output", str(tmp_path / "o"),
                    "--batch-size", "2", "--max-steps", "1", "--config-file", str(yaml), timeout=900)

@@ -105,6 +105,10 @@ def relaunch(argv: list[str], *, num_processes: int, config_file: str | None, de
         cmd += ["--config_file", config_file]
         if num_processes > 1:  # an explicit --num-processes overrides the yaml's
             cmd += ["--num_processes", str(num_processes)]
+        with open(config_file, encoding="utf-8") as handle:
+            uses_deepspeed = "deepspeed" in handle.read().lower()
+        if not _has_cuda() and not uses_deepspeed:
+            env["ACCELERATE_USE_CPU"] = "true"  # a MULTI_GPU yaml then runs DDP over gloo on CPU
     else:
         cmd += ["--num_processes", str(num_processes), "--num_machines", "1", "--mixed_precision", "no",
                 "--dynamo_backend", "no", "--main_process_port", str(_free_port())]
