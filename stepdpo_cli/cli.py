@@ -498,21 +498,56 @@ StopOpt = Annotated[Optional[list[str]], typer.Option("--stop", help="Stop strin
 GradeTimeoutOpt = Annotated[float, typer.Option("--grade-timeout", help="Seconds allowed per answer comparison.")]
 
 
+class _GenerationModel:
+    """The backend and template of sample/eval, loaded only once the first chunk of input has been read and
+    validated: bad input fails in a second instead of after a model load, and empty input loads nothing."""
+
+    def __init__(self, model: str, backend: str | None, template: str | None, n: int, batch_size: int,
+                 **options: Any):
+        from .backends.base import parse_model_spec
+
+        self.spec, self.backend, self.requested_template = model, backend, template
+        parsed = parse_model_spec(model, backend)  # a bad spec is a usage error before any input is read
+        self.kind, self.path = parsed.backend, parsed.model
+        keys = {"hf": ("device", "dtype", "batch_size"), "vllm": ("dtype",), "openai": ("base_url", "concurrency")}
+        self.options = {k: v for k, v in {**options, "batch_size": batch_size}.items()
+                        if k in keys[self.kind] and v is not None}
+        # Problems per backend call: hf fills `batch_size` rows; remote/vLLM backends get more to overlap.
+        self.chunk_size = max(1, batch_size // n) * (1 if self.kind == "hf" else 4)
+        self.engine: Any = None
+        self.template: str | None = None
+
+    def load(self) -> Any:
+        from .backends.base import load_backend
+        from .templates import template_for_model
+
+        if self.engine is None:
+            self.engine = load_backend(self.spec, self.backend, **self.options)
+            self.template = template_for_model(self.requested_template, self.path, self.engine.tokenizer)
+        return self.engine
+
+    def run(self, records: Iterable[dict], stage: Callable[..., Iterator[Any]], **kwargs: Any) -> Iterator[Any]:
+        import itertools
+
+        records = iter(records)
+        head = list(itertools.islice(records, self.chunk_size))
+        if not head:
+            return
+        engine = self.load()
+        yield from stage(itertools.chain(head, records), engine, template=self.template,
+                         chunk_size=self.chunk_size, **kwargs)
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+
+
 def _generation_backend(model: str, backend: str | None, *, device: str, dtype: str, batch_size: int,
                         base_url: str | None, concurrency: int | None) -> tuple[Any, str, int]:
-    """Load the backend a spec names with only the options that backend takes; also its model path and the
-    number of problems to send per call (hf fills `batch_size` rows; remote backends get more to overlap)."""
-    from .backends.base import load_backend, parse_model_spec
-
-    spec = parse_model_spec(model, backend)
-    options: dict[str, Any] = {}
-    if spec.backend == "hf":
-        options.update(device=device, dtype=dtype, batch_size=batch_size)
-    elif spec.backend == "vllm":
-        options.update(dtype=dtype)
-    else:
-        options.update({k: v for k, v in (("base_url", base_url), ("concurrency", concurrency)) if v is not None})
-    return load_backend(model, backend, **options), spec.model, (1 if spec.backend == "hf" else 4)
+    """Load a backend now with the options its kind takes: (engine, model path, chunk multiplier)."""
+    generator = _GenerationModel(model, backend, None, 1, batch_size, device=device, dtype=dtype, base_url=base_url,
+                                 concurrency=concurrency)
+    return generator.load(), generator.path, (1 if generator.kind == "hf" else 4)
 
 
 @app.command(epilog="Example: stepdpo sample --model ckpt/sft -i problems.jsonl -o samples.jsonl --n 8 --keep wrong")
@@ -542,30 +577,27 @@ def sample(
     """Sample n step-wise solutions per problem and grade them: one record per kept solution."""
     from .backends.base import SamplingParams
     from .stages.sample import KEEP_CHOICES, SampleStats, is_problem_done, sample_records, validate_problem
-    from .templates import template_for_model
 
     log.set_quiet(quiet)
     if keep not in KEEP_CHOICES:
         raise InputError(f"choose one of {', '.join(KEEP_CHOICES)}", field="--keep")
     if n < 1 or max_tokens < 1:
         raise InputError("--n and --max-tokens must be >= 1", field="--n" if n < 1 else "--max-tokens")
-    engine, model_path, spread = _generation_backend(model, backend, device=device, dtype=dtype, batch_size=batch_size,
-                                                     base_url=base_url, concurrency=concurrency)
-    chosen = template_for_model(template, model_path, engine.tokenizer)
+    generator = _GenerationModel(model, backend, template, n, batch_size, device=device, dtype=dtype,
+                                 base_url=base_url, concurrency=concurrency)
     params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=tuple(stop or ()))
     counts = SampleStats()
     try:
         with log.progress("sample", total=None) as advance:
             stats, writer = run_records(
-                lambda records: sample_records(records, engine, params, template=chosen, seed=seed, keep=keep,
-                                               chunk_size=max(1, batch_size // n) * spread, grade_timeout=grade_timeout,
-                                               stats=counts, advance=advance),
+                lambda records: generator.run(records, sample_records, params=params, seed=seed, keep=keep,
+                                              grade_timeout=grade_timeout, stats=counts, advance=advance),
                 input=input, output=output, resume=resume, skip_invalid=skip_invalid, validate=validate_problem,
                 done_filter=is_problem_done(n),
             )
     finally:
-        engine.close()
-    log.summary("sample", {**counts.as_summary(), "template": chosen, "invalid": stats.invalid,
+        generator.close()
+    log.summary("sample", {**counts.as_summary(), "template": generator.template, "invalid": stats.invalid,
                            **{f"finish_{k}": v for k, v in sorted(counts.by_finish.items())}})
 
 
@@ -608,7 +640,6 @@ def eval_command(
     from .records import atomic_write_json
     from .stages.evaluate import EvalStats, evaluate_records
     from .stages.sample import validate_problem
-    from .templates import template_for_model
 
     log.set_quiet(quiet)
     if dataset and input:
@@ -618,13 +649,8 @@ def eval_command(
     if n > 1 and temperature <= 0:
         log.warn("--n > 1 with temperature 0 gives n identical greedy answers; set --temperature")
     source = load_problems(dataset, split, limit) if dataset else None
-    if source is not None:
-        source = iter(source)
-        first = list(itertools.islice(source, 1))  # fail on a bad --dataset before loading the model
-        source = itertools.chain(first, source)
-    engine, model_path, spread = _generation_backend(model, backend, device=device, dtype=dtype, batch_size=batch_size,
-                                                     base_url=base_url, concurrency=concurrency)
-    chosen = template_for_model(template, model_path, engine.tokenizer)
+    generator = _GenerationModel(model, backend, template, n, batch_size, device=device, dtype=dtype,
+                                 base_url=base_url, concurrency=concurrency)
     params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=tuple(stop or ()))
     results = EvalStats()
     if resume and output and os.path.exists(output):
@@ -636,17 +662,16 @@ def eval_command(
             def stage(records: Iterable[dict]) -> Iterator[dict]:
                 if source is None and limit is not None:  # --dataset applies the limit itself
                     records = itertools.islice(records, limit)
-                return evaluate_records(records, engine, params, template=chosen, seed=seed,
-                                        chunk_size=max(1, batch_size // n) * spread, grade_timeout=grade_timeout,
-                                        stats=results, advance=advance)
+                return generator.run(records, evaluate_records, params=params, seed=seed,
+                                     grade_timeout=grade_timeout, stats=results, advance=advance)
 
             stats, _ = run_records(stage, input=input, output=output, resume=resume, skip_invalid=skip_invalid,
                                    validate=validate_problem, source=source)
     finally:
-        engine.close()
+        generator.close()
     settings = {"n": n, "temperature": temperature, "top_p": top_p, "max_tokens": max_tokens, "seed": seed,
                 "stop": list(stop or ()), "split": split if dataset else None, "limit": limit}
-    report = results.summary(n, model=model, backend=getattr(engine, "name", backend), template=chosen,
+    report = results.summary(n, model=model, backend=generator.kind, template=generator.template,
                              source=dataset or input or "<stdin>", settings=settings, invalid=stats.invalid)
     log.table(f"eval: {model}", results.table_rows(n))
     if summary_path:
