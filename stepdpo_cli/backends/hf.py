@@ -405,11 +405,14 @@ class HFBackend:
         else:
             # Each live request draws exactly n uniforms per step (one per sample, live or not), so its
             # random stream is a function of its own seed and history only.
-            draws: dict[int, torch.Tensor] = {}
+            offsets: dict[int, int] = {}
+            draws = []
             for row in rows:
-                if row.request not in draws:
-                    draws[row.request] = torch.rand(counts[batch[row.request]], generator=generators[row.request])
-            u = torch.stack([draws[row.request][row.sample] for row in rows]).to(logits.device)
+                if row.request not in offsets:
+                    offsets[row.request] = sum(len(d) for d in draws)
+                    draws.append(torch.rand(counts[batch[row.request]], generator=generators[row.request]))
+            index = torch.tensor([offsets[row.request] + row.sample for row in rows])
+            u = torch.cat(draws)[index].to(logits.device)
             probs = torch.softmax(logits / params.temperature, dim=-1)
             if params.top_p < 1.0:
                 probs, order = _nucleus(probs, params.top_p)
