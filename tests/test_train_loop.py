@@ -184,3 +184,35 @@ def test_accelerate_config_file(tiny_model, tmp_path):
                    "--batch-size", "2", "--max-steps", "1", "--config-file", str(yaml), timeout=900)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     assert json.loads((tmp_path / "o" / "stepdpo.json").read_text())["summary"]["processes"] == 2
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_uninterrupted(tiny_model, tmp_path):
+    """A real kill (SIGKILL mid-run) through the CLI, then --resume: the same metrics as a run never killed."""
+    import signal
+    import subprocess
+    import sys
+
+    data = _pairs(tmp_path / "p.jsonl")
+    args = ["--model", tiny_model, "--data", data, "--objective", "step-dpo", "--lr", "1e-3", "--batch-size", "1",
+            "--max-steps", "40", "--save-steps", "2", "--seed", "7"]
+    steady = run_cli("train", *args, "--output", str(tmp_path / "a"))
+    assert steady.returncode == 0
+    expected = {m["step"]: m for m in map(orjson.loads, steady.stdout.splitlines())}
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "stepdpo_cli", "train", *args, "--output", str(tmp_path / "b")],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    for line in proc.stdout:
+        if orjson.loads(line)["step"] >= 5:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    resumed = run_cli("train", *args, "--output", str(tmp_path / "b"), "--resume")
+    assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]
+    after = [orjson.loads(line) for line in resumed.stdout.splitlines()]
+    assert after and after[0]["step"] > 4 and after[-1]["step"] == 40
+    for m in after:
+        for key in ("loss", "margin", "chosen_logp", "lr", "grad_norm"):
+            assert m[key] == pytest.approx(expected[m["step"]][key], rel=1e-5, abs=1e-6), (m["step"], key)
