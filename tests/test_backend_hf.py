@@ -69,6 +69,15 @@ def test_shared_prefill_equals_reencoding_each_sample(tiny_model, backend):
         assert texts(backend.generate(requests, params)) == texts(unshared.generate(requests, params))
 
 
+def test_copied_prefix_path_equals_shared_attention(tiny_model, backend):
+    """Models outside the shared-attention list decode on per-sample copies of the prefix: same output."""
+    copied = HFBackend(tiny_model, batch_size=64)
+    copied.shared_attention = False
+    requests = [Request(p, seed=i, n=2 + i) for i, p in enumerate(PROMPTS)]  # unequal n: padded grid slots
+    for params in (SamplingParams(temperature=0, max_tokens=24), SamplingParams(temperature=0.8, max_tokens=24)):
+        assert texts(copied.generate(requests, params)) == texts(backend.generate(requests, params))
+
+
 def test_stop_string_cuts_text_and_is_reported(backend):
     greedy = SamplingParams(n=1, temperature=0, max_tokens=40)
     full = backend.generate([Request(PROMPTS[1])], greedy)[0][0].text

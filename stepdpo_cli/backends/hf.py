@@ -5,12 +5,15 @@ prompt prefill between the n samples of a prompt, and its sampling draws from on
 request's samples would depend on what else is in the batch. Here:
 
 - requests are sorted by prompt length and packed into batches of at most `batch_size` decoded rows;
-- each batch's prompts are prefilled ONCE (left padding, explicit positions), then the KV cache is
-  expanded to one row per sample (`shared_prefill=False` re-encodes each prompt per sample, for checks);
+- each batch's prompts are prefilled ONCE (left padding, explicit positions); the n samples of a prompt
+  then decode against that one copy of its KV (`_shared_prefix_attention`; models outside
+  `_SHARED_ATTENTION_MODELS` get the prefix KV copied per sample instead). `shared_prefill=False`
+  re-encodes each prompt per sample: the baseline for tests and bench/bench_hf_prefill.py;
 - every request owns a `torch.Generator` seeded with `Request.seed`; each step it draws one uniform per
   sample and tokens are picked by inverse-CDF sampling, so a request's completions depend only on the
   request and its seed, never on its batch neighbours;
-- finished rows (EOS, a stop string, max_tokens) leave the batch and stop costing compute.
+- finished rows (EOS, a stop string, max_tokens) stop sampling at once and leave the batch when a
+  quarter of its prompts are done (whole prompts, which share one prefix), so they stop costing compute.
 """
 from __future__ import annotations
 
