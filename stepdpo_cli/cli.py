@@ -457,7 +457,7 @@ def train(
     os.dup2(2, 1)
     if needs_launch(num_processes, config_file, deepspeed):
         code = relaunch(sys.argv[1:], num_processes=num_processes, config_file=config_file, deepspeed=deepspeed,
-                        data=data, output=output, stdout=metrics_fd)
+                        data=data, output=output, objective=objective, stdout=metrics_fd)
         raise typer.Exit(code)
     from .train.loop import TrainConfig, train as run_training
 

@@ -216,3 +216,11 @@ def test_sigkill_then_resume_matches_uninterrupted(tiny_model, tmp_path):
     for m in after:
         for key in ("loss", "margin", "chosen_logp", "lr", "grad_norm"):
             assert m[key] == pytest.approx(expected[m["step"]][key], rel=1e-5, abs=1e-6), (m["step"], key)
+
+
+def test_multi_process_bad_row_exits_2_before_launch(tiny_model, tmp_path):
+    data = tmp_path / "bad.jsonl"
+    data.write_text(json.dumps({"prompt": "p", "chosen": "a"}) + "\n")
+    proc = run_cli("train", "--model", tiny_model, "--data", str(data), "--output", str(tmp_path / "o"),
+                   "--objective", "dpo", "--num-processes", "2")
+    assert proc.returncode == 2 and "bad.jsonl:1: field 'rejected'" in proc.stderr.decode()

@@ -83,7 +83,7 @@ def child_argv(argv: list[str], data_path: str | None = None) -> list[str]:
 
 
 def relaunch(argv: list[str], *, num_processes: int, config_file: str | None, deepspeed: str | None,
-             data: str, output: str, stdout: int | None = None) -> int:
+             data: str, output: str, objective: str | None = None, stdout: int | None = None) -> int:
     """Run `python -m accelerate.commands.launch ... -m stepdpo_cli train ARGS`; returns its exit code.
     `stdout`: the fd the children's metrics JSONL goes to (the launcher's own chatter goes to stderr)."""
     data_path = None
@@ -92,6 +92,12 @@ def relaunch(argv: list[str], *, num_processes: int, config_file: str | None, de
         data_path = os.path.join(output, "train_data.jsonl")
         with open(data_path, "wb") as handle:
             shutil.copyfileobj(sys.stdin.buffer, handle)
+    if objective:  # bad rows exit 2 here, before N processes start (a child's exit code would become 1)
+        from ..records import iter_jsonl
+        from .data import validator
+
+        for _ in iter_jsonl(data_path or data, validate=validator(objective)):
+            pass
     env = dict(os.environ)
     env[LAUNCHED_ENV] = "1"
     env.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(os.path.expanduser("~"), ".cache", "stepdpo",
