@@ -55,12 +55,15 @@ def scored_problems(backend, tmp_path_factory):
     return rows, chosen
 
 
-def test_eval_cli_summary_numbers(tiny_model, scored_problems, tmp_path):
+def test_eval_cli_summary_numbers_across_resume(tiny_model, scored_problems, tmp_path):
     rows, chosen = scored_problems
     source = write_jsonl(tmp_path / "test.jsonl", rows)
     out, summary_path = tmp_path / "results.jsonl", tmp_path / "summary.json"
-    result = run_cli("eval", "--model", tiny_model, "-i", source, "-o", str(out), "--summary", str(summary_path),
-                     "--max-tokens", "24", "--template", "raw", "--temperature", "1.0", "--seed", "4", env=ENV)
+    args = ("eval", "--model", tiny_model, "-i", source, "-o", str(out), "--summary", str(summary_path),
+            "--max-tokens", "24", "--template", "raw", "--temperature", "1.0", "--seed", "4")
+    first = run_cli(*args, "--limit", "15", env=ENV)  # then --resume finishes the rest
+    assert first.returncode == 0 and json.loads(summary_path.read_text())["count"] == 15
+    result = run_cli(*args, "--resume", env=ENV)
     assert result.returncode == 0, result.stderr.decode()[-2000:]
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in records] == [r["id"] for r in rows]
@@ -109,3 +112,4 @@ def test_eval_dataset_local_gsm8k_file_with_limit(tiny_model, tmp_path):
         ("gsm8k/test/0", "1", "gsm8k"), ("gsm8k/test/1", "2", "gsm8k"), ("gsm8k/test/2", "3", "gsm8k")]
     missing = run_cli("eval", "--model", tiny_model, "--dataset", "nonexistent", env=ENV)
     assert missing.returncode == 2 and b"--dataset" in missing.stderr
+
