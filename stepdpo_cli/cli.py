@@ -490,7 +490,7 @@ TemplateOpt = Annotated[Optional[str], typer.Option(
     "else chat when the tokenizer has a chat template, else raw).")]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Sequences decoded together (hf); problems per "
                                            "backend call = batch-size / n.")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="hf: cpu | cuda | auto.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="hf: auto (cuda if available, else cpu) | cpu | cuda[:i].")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="hf/vllm: auto | float32 | bfloat16 | float16.")]
 BaseUrlOpt = Annotated[Optional[str], typer.Option("--base-url", help="openai: server URL (e.g. http://127.0.0.1:8000/v1).")]
 ConcurrencyOpt = Annotated[Optional[int], typer.Option("--concurrency", help="openai: requests in flight.")]
@@ -565,7 +565,7 @@ def sample(
     template: TemplateOpt = None,
     stop: StopOpt = None,
     batch_size: BatchSizeOpt = 64,
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     base_url: BaseUrlOpt = None,
     concurrency: ConcurrencyOpt = None,
@@ -623,7 +623,7 @@ def eval_command(
     template: TemplateOpt = None,
     stop: StopOpt = None,
     batch_size: BatchSizeOpt = 64,
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     base_url: BaseUrlOpt = None,
     concurrency: ConcurrencyOpt = None,

@@ -208,7 +208,7 @@ class _Row:
 class HFBackend:
     name = "hf"
 
-    def __init__(self, model_path: str, device: str = "cpu", dtype: str | torch.dtype = "auto", batch_size: int = 64,
+    def __init__(self, model_path: str, device: str = "auto", dtype: str | torch.dtype = "auto", batch_size: int = 64,
                  shared_prefill: bool = True, trust_remote_code: bool = False, **options: Any):
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
