@@ -15,6 +15,7 @@ import json
 import os
 import random
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -153,6 +154,7 @@ def main() -> None:
     if "trl" in results and "stepdpo" in results:
         print(f"stepdpo / trl (no precompute): {results['stepdpo']['pairs_per_s'] / results['trl']['pairs_per_s']:.2f}x pairs/s")
     print("loss: stepdpo = last step's, TRL = mean over training (not comparable)")
+    shutil.rmtree(root, ignore_errors=True)
     print(f"note: TRL appends EOS to chosen/rejected (one extra token each); stepdpo does not (partial steps). "
           f"load after: {os.getloadavg()[0]:.2f}")
 
