@@ -496,6 +496,24 @@ BaseUrlOpt = Annotated[Optional[str], typer.Option("--base-url", help="openai: s
 ConcurrencyOpt = Annotated[Optional[int], typer.Option("--concurrency", help="openai: requests in flight.")]
 StopOpt = Annotated[Optional[list[str]], typer.Option("--stop", help="Stop string (repeatable); cut from the text.")]
 GradeTimeoutOpt = Annotated[float, typer.Option("--grade-timeout", help="Seconds allowed per answer comparison.")]
+BackendOptionOpt = Annotated[Optional[list[str]], typer.Option(
+    "--backend-option", help="KEY=VALUE given to the backend as is (repeatable; VALUE parsed as JSON when it is), "
+    "e.g. tensor_parallel_size=8, kv_cache_gb=4, endpoint=chat, api_key_env=MY_KEY.")]
+
+
+def _backend_options(pairs: list[str] | None) -> dict[str, Any]:
+    import json
+
+    options: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise InputError(f"expected KEY=VALUE, got {pair!r}", field="--backend-option")
+        try:
+            options[key.strip()] = json.loads(value)
+        except ValueError:
+            options[key.strip()] = value
+    return options
 
 
 class _GenerationModel:
@@ -503,7 +521,7 @@ class _GenerationModel:
     validated: bad input fails in a second instead of after a model load, and empty input loads nothing."""
 
     def __init__(self, model: str, backend: str | None, template: str | None, n: int, batch_size: int,
-                 **options: Any):
+                 extra: dict[str, Any] | None = None, **options: Any):
         from .backends.base import parse_model_spec
 
         self.spec, self.backend, self.requested_template = model, backend, template
@@ -512,6 +530,7 @@ class _GenerationModel:
         keys = {"hf": ("device", "dtype", "batch_size"), "vllm": ("dtype",), "openai": ("base_url", "concurrency")}
         self.options = {k: v for k, v in {**options, "batch_size": batch_size}.items()
                         if k in keys[self.kind] and v is not None}
+        self.options.update(extra or {})  # --backend-option: passed as given
         # Problems per backend call: hf fills `batch_size` rows; remote/vLLM backends get more to overlap.
         self.chunk_size = max(1, batch_size // n) * (1 if self.kind == "hf" else 4)
         self.engine: Any = None
@@ -570,6 +589,7 @@ def sample(
     base_url: BaseUrlOpt = None,
     concurrency: ConcurrencyOpt = None,
     grade_timeout: GradeTimeoutOpt = 5.0,
+    backend_option: BackendOptionOpt = None,
     resume: ResumeOpt = False,
     skip_invalid: SkipInvalidOpt = False,
     quiet: QuietOpt = False,
@@ -583,8 +603,8 @@ def sample(
         raise InputError(f"choose one of {', '.join(KEEP_CHOICES)}", field="--keep")
     if n < 1 or max_tokens < 1:
         raise InputError("--n and --max-tokens must be >= 1", field="--n" if n < 1 else "--max-tokens")
-    generator = _GenerationModel(model, backend, template, n, batch_size, device=device, dtype=dtype,
-                                 base_url=base_url, concurrency=concurrency)
+    generator = _GenerationModel(model, backend, template, n, batch_size, _backend_options(backend_option),
+                                 device=device, dtype=dtype, base_url=base_url, concurrency=concurrency)
     params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=tuple(stop or ()))
     counts = SampleStats()
     try:
@@ -628,6 +648,7 @@ def eval_command(
     base_url: BaseUrlOpt = None,
     concurrency: ConcurrencyOpt = None,
     grade_timeout: GradeTimeoutOpt = 5.0,
+    backend_option: BackendOptionOpt = None,
     resume: ResumeOpt = False,
     skip_invalid: SkipInvalidOpt = False,
     quiet: QuietOpt = False,
@@ -649,8 +670,8 @@ def eval_command(
     if n > 1 and temperature <= 0:
         log.warn("--n > 1 with temperature 0 gives n identical greedy answers; set --temperature")
     source = load_problems(dataset, split, limit) if dataset else None
-    generator = _GenerationModel(model, backend, template, n, batch_size, device=device, dtype=dtype,
-                                 base_url=base_url, concurrency=concurrency)
+    generator = _GenerationModel(model, backend, template, n, batch_size, _backend_options(backend_option),
+                                 device=device, dtype=dtype, base_url=base_url, concurrency=concurrency)
     params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=tuple(stop or ()))
     results = EvalStats()
     if resume and output and os.path.exists(output):

@@ -83,12 +83,13 @@ def test_cli_output_is_reproducible_whatever_the_batch_size(tiny_model, tmp_path
     rows = problems(5)
     source = write_jsonl(tmp_path / "problems.jsonl", rows)
     result = run_cli("sample", "--model", tiny_model, "-i", source, "--n", "3", "--max-tokens", "16", "--seed", "3",
-                     "--batch-size", "64", env=ENV)
+                     "--batch-size", "64", "--backend-option", "shared_prefill=false", env=ENV)
     assert result.returncode == 0, result.stderr.decode()[-2000:]
     cli_records = [json.loads(line) for line in result.stdout.decode().splitlines()]  # stdout: JSONL only
     assert len(cli_records) == 15 and {r["template"] for r in cli_records} == {"chat"}
     assert b"sample: problems=5 samples=15 kept=15" in result.stderr
-    # Same seed, other batch sizes (other packing of problems and rows): the same records.
+    # Same seed, other batch sizes (other packing of problems and rows), prompt prefill shared (library
+    # default) or per sample (the CLI run above, via --backend-option): the same records.
     for batch_size in (64, 4, 3):
         assert library_run(tiny_model, problems(5), n=3, max_tokens=16, seed=3, batch_size=batch_size) == cli_records
     other = library_run(tiny_model, problems(5), n=3, max_tokens=16, seed=4, batch_size=64)
