@@ -277,7 +277,7 @@ def test_stop_string_kept_by_the_server_is_cut(server):
 
 
 def test_concurrency_is_bounded(server):
-    srv = server(delay=0.3)
+    srv = server(delay=0.5)  # long enough that both workers are in flight together
     out = backend(srv.url, concurrency=2).generate([Request(str(i), seed=i) for i in range(6)], PARAMS)
     assert [r[0].text.split("seed=")[1].split()[0] for r in out] == [str(i) for i in range(6)]
     assert srv.max_in_flight == 2
