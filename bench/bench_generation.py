@@ -8,6 +8,7 @@ Two workloads, both on the same tiny model, prompts and seeds:
 Each backend runs in its own worker process (vLLM binds threads and holds a preallocated KV cache); the two
 workers stay alive and are driven in alternation, hf then vllm, repeat after repeat, so slow drifts in
 machine load hit both alike. Reported: generated tokens per second (median over repeats) and hf/vllm.
+On a shared 2-core machine single runs swing by 2-4x; use --repeats 5 or more and read the load printed.
 
 Run it in the vLLM tier's venv, which has both backends:
   scripts/test-vllm.sh --install
