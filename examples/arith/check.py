@@ -10,7 +10,7 @@ import os
 import sys
 
 STAGE_FILES = ["data/test.jsonl", "data/pool.jsonl", "samples.jsonl", "localized.jsonl", "localized_rollout.jsonl",
-               "rectified.jsonl", "pairs_stepdpo.jsonl", "pairs_dpo.jsonl", "pairs_ood.jsonl", "pairs_control.jsonl"]
+               "rectified.jsonl"]
 
 
 def count_records(path: str) -> int:
@@ -24,7 +24,8 @@ def main() -> int:
     parser.add_argument("--models", required=True, help="space-separated model names under WORK/models")
     args = parser.parse_args()
     problems = []
-    for name in STAGE_FILES:
+    variants = sorted({m.rsplit("-s", 1)[0] for m in args.models.split()})
+    for name in STAGE_FILES + [f"pairs_{v}.jsonl" for v in variants]:
         path = os.path.join(args.work, name)
         count = count_records(path) if os.path.exists(path) else 0
         print(f"{name}: {count} records")

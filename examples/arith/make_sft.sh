@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PY:-../../.venv/bin/python}
-SFT_STEPS=${SFT_STEPS:-1500}
+SFT_STEPS=${SFT_STEPS:-1000}
 SFT_BATCH=${SFT_BATCH:-32}
 SFT_LR=${SFT_LR:-2e-3}
 LAYERS=${LAYERS:-4}
@@ -22,6 +22,7 @@ $PY -m stepdpo_cli train --objective sft --model "$WORK/init" --data "$WORK/data
   --template raw --lr "$SFT_LR" --batch-size "$SFT_BATCH" --max-steps "$SFT_STEPS" --warmup-ratio 0.03 \
   --scheduler cosine --weight-decay 0.0 --logging-steps 25 --save-steps ${SAVE_STEPS:-0} --seed 0 > "$WORK/train_metrics.jsonl"
 echo "sft wall seconds: $(( $(date +%s) - start ))" | tee "$WORK/wall.txt" >&2
+rm -rf "$OUT/checkpoints"  # resumable states are large; the model dir is what ships
 cp "$WORK/train_metrics.jsonl" "$WORK/wall.txt" "$OUT/"
 # Measured accuracy shipped beside the checkpoint: greedy on the demo's held-out problems.
 $PY -m stepdpo_cli eval --model "$OUT" -i "$WORK/data/test.jsonl" -o "$WORK/eval_sft.jsonl" --summary "$OUT/eval_summary.json" --max-tokens 128
