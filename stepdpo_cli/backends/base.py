@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
 
-from ..records import InputError
+from ..records import InputError, derive_seed
 
 BACKENDS = ("hf", "vllm", "openai")
 
@@ -105,3 +105,10 @@ def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, str | None]:
         if 0 <= i < best:
             best, matched = i, s
     return text[:best], matched
+
+
+def sample_seed(seed: int, k: int) -> int:
+    """The seed of sample k of a request for engines that draw each sample separately (vllm, openai):
+    the request's own seed for the first, derived ones after, so results do not depend on whether
+    the engine honours `n`."""
+    return seed if k == 0 else derive_seed(seed, "sample", k)

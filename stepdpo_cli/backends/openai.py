@@ -25,9 +25,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
 from .. import log
-from ..records import InputError, derive_seed
+from ..records import InputError
 from ..steps import STEP_PREFIX
-from .base import Completion, Request, SamplingParams, truncate_at_stop
+from .base import Completion, Request, SamplingParams, sample_seed, truncate_at_stop
 
 ENDPOINTS = ("completions", "chat")
 RETRY_STATUSES = frozenset({408, 409, 429}) | frozenset(range(500, 600))
@@ -259,11 +259,6 @@ class _Rejected(Exception):
 
 
 # ------------------------------------------------------------------------------------------ parsing
-
-
-def sample_seed(seed: int, k: int) -> int:
-    """The seed of sample k of a prompt: the request's own seed for the first, derived ones after."""
-    return seed if k == 0 else derive_seed(seed, "sample", k)
 
 
 def _names_fields(message: str, fields: dict) -> bool:

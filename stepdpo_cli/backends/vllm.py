@@ -20,8 +20,7 @@ import gc
 import os
 from typing import Any, Sequence
 
-from .base import Completion, Request, SamplingParams
-from .openai import sample_seed
+from .base import Completion, Request, SamplingParams, sample_seed
 
 CPU_DEFAULT_KV_CACHE_GB = 1.0
 CPU_CONTEXT_CAP = 16384  # default max_model_len on CPU: each scheduler step may prefill this many tokens
