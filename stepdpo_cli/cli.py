@@ -321,15 +321,9 @@ def rectify(
         checker = load_callable(verify_chosen, option="--verify-chosen")
     judge_check = None
     if verify_judge:
-        from .backends.base import load_backend, parse_model_spec
-        from .localizers.judge import ask_judge, load_judge_prompt
+        from .localizers.judge import winner_judge
 
-        prompt = load_judge_prompt(judge_prompt)
-        kind = parse_model_spec(verify_judge).backend
-        judge_engine = load_backend(verify_judge, **({"endpoint": "chat"} if kind == "openai" else {}))
-
-        def judge_check(items: list) -> list[bool]:
-            return [parsed.status == "no_error" for _, parsed in ask_judge(judge_engine, prompt, items)]
+        judge_check = winner_judge(verify_judge, judge_prompt)
     policy = _load_policy(model, backend, "--model", device=device, base_url=base_url)
     counts: dict[str, Any] = {}
     try:

@@ -271,6 +271,18 @@ def require_fields(record: dict, types: dict[str, type | tuple[type, ...]]) -> d
     return record
 
 
+def batched(records: Iterable[dict], size: int) -> Iterator[list[dict]]:
+    """Groups of `size` records: one backend call each, so finished groups reach disk while the rest run."""
+    group: list[dict] = []
+    for record in records:
+        group.append(record)
+        if len(group) >= size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
 def read_text_stream(text: str) -> Iterator[dict]:
     """Parse JSONL held in memory (tests, notebooks)."""
     for line in io.StringIO(text):

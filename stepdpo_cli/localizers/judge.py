@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ..backends.base import Backend, Request, SamplingParams
 from ..records import InputError
@@ -225,13 +225,11 @@ def judge_records(records: Iterable[dict], backend: Backend, *, spec: str = "", 
                   prompt_name: str = "default", neutral_is_error: bool = False, max_tokens: int = 1024,
                   temperature: float = 0.0, batch_size: int = 16, seed: int = 0) -> Iterator[list[dict]]:
     """Ask the judge about each record (batched); yields each batch of localized records as a list."""
-    from ..records import derive_seed
+    from ..records import batched, derive_seed
 
     settings = {"method": "judge", "judge": spec, "neutral_is_error": neutral_is_error, "prompt": prompt_name,
                 "temperature": temperature, "max_tokens": max_tokens, "seed": seed}
-    batch: list[dict] = []
-
-    def flush() -> list[dict]:
+    for batch in batched(records, batch_size):
         items = [(r["problem"], reference_for(r), r["steps"], derive_seed(seed, r["id"], "judge")) for r in batch]
         answers = ask_judge(backend, prompt_template, items, neutral_is_error=neutral_is_error,
                             max_tokens=max_tokens, temperature=temperature)
@@ -241,13 +239,18 @@ def judge_records(records: Iterable[dict], backend: Backend, *, spec: str = "", 
             record["localize_status"] = parsed.status
             record["judge_raw"] = raw
             record["localizer"] = dict(settings)
-        done = list(batch)
-        batch.clear()
-        return done
+        yield batch
 
-    for record in records:
-        batch.append(record)
-        if len(batch) >= batch_size:
-            yield flush()
-    if batch:
-        yield flush()
+
+def winner_judge(spec: str, prompt_file: str | None = None) -> Callable[[list[tuple]], list[bool]]:
+    """A judge that passes rectified winners whose own steps it finds all correct (rectify --verify-judge)."""
+    from ..backends.base import load_backend, parse_model_spec
+
+    prompt = load_judge_prompt(prompt_file)
+    options = {"endpoint": "chat"} if parse_model_spec(spec).backend == "openai" else {}
+    engine = load_backend(spec, **options)
+
+    def check(items: list[tuple]) -> list[bool]:
+        return [parsed.status == "no_error" for _, parsed in ask_judge(engine, prompt, items)]
+
+    return check

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Iterator
 
 from ..backends.base import Backend, Request, SamplingParams
 from ..grading import grade
-from ..records import derive_seed
+from ..records import batched, derive_seed
 from ..steps import prefix_text
 from ..templates import generation_prompt, resolve_template
 
@@ -84,13 +84,7 @@ def rollout_records(records: Iterable[dict], backend: Backend, *, spec: str = ""
     settings = {"method": "rollout", "model": spec, "rollouts": rollouts, "threshold": threshold, "search": search,
                 "temperature": temperature, "top_p": top_p, "max_tokens": max_tokens, "seed": seed,
                 "check_root": check_root}
-    batch: list[dict] = []
-    for record in records:
-        batch.append(record)
-        if len(batch) >= batch_size:
-            yield _localize_batch(batch, backend, params, settings, template, grade_timeout, counts)
-            batch = []
-    if batch:
+    for batch in batched(records, batch_size):
         yield _localize_batch(batch, backend, params, settings, template, grade_timeout, counts)
 
 

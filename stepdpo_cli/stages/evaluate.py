@@ -14,7 +14,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 from ..backends.base import Backend, SamplingParams
 from ..grading import answers_match, grade
-from .sample import chunks, generate_for_problems
+from ..records import batched
+from .sample import generate_for_problems
 
 GROUP_FIELDS = ("dataset", "subject", "level")
 
@@ -110,7 +111,7 @@ def evaluate_records(records: Iterable[dict], backend: Backend, params: Sampling
                      advance: Callable[[int], Any] = lambda n: None) -> Iterator[dict]:
     """Yield each problem record with its evaluation fields; accumulate accuracy in `stats`."""
     stats = stats if stats is not None else EvalStats()
-    for problems in chunks(records, max(1, chunk_size)):
+    for problems in batched(records, max(1, chunk_size)):
         outputs, seeds, seconds = generate_for_problems(problems, backend, params, template=template, seed=seed)
         stats.generate_seconds += seconds
         for problem, completions, problem_seed in zip(problems, outputs, seeds):

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from ..backends.base import Backend, Request, SamplingParams
 from ..grading import grade
-from ..records import InputError, derive_seed, require_fields
+from ..records import InputError, batched, derive_seed, require_fields
 from ..steps import continuation_steps, first_step, prefix_text
 from ..templates import generation_prompt, resolve_template
 from .localize import validate_localizable
@@ -53,9 +53,7 @@ def rectify_records(records: Iterable[dict], backend: Backend, *, spec: str = ""
     settings = {"model": spec, "n": n, "temperature": temperature, "top_p": top_p, "max_tokens": max_tokens,
                 "seed": seed, "drop_same": drop_same, "max_candidates": max_candidates,
                 "verify_chosen": verify_spec or None, "verify_judge": judge_spec or None}
-    batch: list[dict] = []
-
-    def flush() -> list[dict]:
+    for batch in batched(records, batch_size):
         todo = [r for r in batch if r.get("first_error_step") is not None]
         requests = [_request(r, seed, template, backend.tokenizer) for r in todo]
         outputs = backend.generate(requests, params) if requests else []
@@ -77,16 +75,7 @@ def rectify_records(records: Iterable[dict], backend: Backend, *, spec: str = ""
                 record["candidates"] = []
                 record["rectify"] = {"skipped": "no first_error_step", "settings": settings}
                 counts["skipped"] = counts.get("skipped", 0) + 1
-        done = list(batch)
-        batch.clear()
-        return done
-
-    for record in records:
-        batch.append(record)
-        if len(batch) >= batch_size:
-            yield flush()
-    if batch:
-        yield flush()
+        yield batch
 
 
 def _request(record: dict, seed: int, template: str | None, tokenizer: Any) -> Request:

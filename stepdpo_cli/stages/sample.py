@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from ..backends.base import Backend, Request, SamplingParams
 from ..grading import grade
-from ..records import derive_seed, normalize_problem
+from ..records import batched, derive_seed, normalize_problem
 from ..steps import split_steps
 from ..templates import generation_prompt
 
@@ -53,18 +53,6 @@ def is_problem_done(n: int) -> Callable[[dict, set[str]], bool]:
     return done
 
 
-def chunks(records: Iterable[dict], size: int) -> Iterator[list[dict]]:
-    """Groups of `size` records: one backend call each, so finished groups reach disk while the rest run."""
-    group: list[dict] = []
-    for record in records:
-        group.append(record)
-        if len(group) >= size:
-            yield group
-            group = []
-    if group:
-        yield group
-
-
 def generate_for_problems(problems: list[dict], backend: Backend, params: SamplingParams, *, template: str,
                           seed: int) -> tuple[list[list[Any]], list[int], float]:
     """Completions for each problem (per-problem derived seeds), the seeds used, and the seconds spent.
@@ -89,7 +77,7 @@ def sample_records(records: Iterable[dict], backend: Backend, params: SamplingPa
     if keep not in KEEP_CHOICES:
         raise ValueError(f"keep must be one of {KEEP_CHOICES}")
     stats = stats if stats is not None else SampleStats()
-    for problems in chunks(records, max(1, chunk_size)):
+    for problems in batched(records, max(1, chunk_size)):
         outputs, seeds, seconds = generate_for_problems(problems, backend, params, template=template, seed=seed)
         stats.generate_seconds += seconds
         for problem, completions, problem_seed in zip(problems, outputs, seeds):

@@ -120,7 +120,8 @@ def generate(n: int, seed: int, config: ArithConfig = ArithConfig(), *, split: s
             continue
         seen.add(problem.text)
         record = {"id": f"{DATASET}-{split}-{seed}-{made}", "problem": problem.text, "answer": str(problem.answer),
-                  "dataset": DATASET, "split": split, "num_steps": len(problem.ops)}
+                  "dataset": DATASET, "split": split, "num_steps": len(problem.ops),
+                  "level": len(problem.ops)}  # eval reports accuracy by `level`: here the chain length
         if with_solution:
             record["completion"] = join_steps(solution_steps(problem, rng))
         made += 1

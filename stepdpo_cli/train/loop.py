@@ -15,7 +15,7 @@ import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
@@ -23,8 +23,7 @@ from .. import log
 from ..records import InputError, atomic_write_json, derive_seed, iter_jsonl
 from ..templates import MODEL_META_FILE, template_for_model
 from .data import EncodeStats, Example, encode_rows, num_batches, pack, token_logps, validator
-from .losses import (LossConfig, chosen_nll, preference_loss, segment_sums, sft_loss, step_sums, step_weights,
-                     weighted_step_logps)
+from .losses import LossConfig, chosen_nll, preference_loss, segment_sums, sft_loss, step_sums, step_weights
 
 REF_FILE = "ref_logps.pt"
 CHECKPOINTS = "checkpoints"
