@@ -157,6 +157,86 @@ def _die(message: str, code: int, debug: bool) -> None:
     sys.exit(code)
 
 
+# ---------------------------------------------------------------------------------------------- generation options
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model spec: PATH, hf:PATH, vllm:PATH or openai:NAME.")]
+BackendOpt = Annotated[Optional[str], typer.Option("--backend", help="hf | vllm | openai (default: from --model, else hf).")]
+TemplateOpt = Annotated[Optional[str], typer.Option(
+    "--template", help="chat | alpaca | qwen2-boxed | deepseek-math | raw (default: the model dir's stepdpo.json, "
+    "else chat when the tokenizer has a chat template, else raw).")]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Sequences decoded together (hf); problems per "
+                                           "backend call = batch-size / n.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="hf: auto (cuda if available, else cpu) | cpu | cuda[:i].")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="hf/vllm: auto | float32 | bfloat16 | float16.")]
+BaseUrlOpt = Annotated[Optional[str], typer.Option("--base-url", help="openai: server URL (e.g. http://127.0.0.1:8000/v1).")]
+ConcurrencyOpt = Annotated[Optional[int], typer.Option("--concurrency", help="openai: requests in flight.")]
+StopOpt = Annotated[Optional[list[str]], typer.Option("--stop", help="Stop string (repeatable); cut from the text.")]
+GradeTimeoutOpt = Annotated[float, typer.Option("--grade-timeout", help="Seconds allowed per answer comparison.")]
+BackendOptionOpt = Annotated[Optional[list[str]], typer.Option(
+    "--backend-option", help="KEY=VALUE given to the backend as is (repeatable; VALUE parsed as JSON when it is), "
+    "e.g. tensor_parallel_size=8, kv_cache_gb=4, endpoint=chat, api_key_env=MY_KEY.")]
+
+
+def _backend_options(pairs: list[str] | None) -> dict[str, Any]:
+    import json
+
+    options: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise InputError(f"expected KEY=VALUE, got {pair!r}", field="--backend-option")
+        try:
+            options[key.strip()] = json.loads(value)
+        except ValueError:
+            options[key.strip()] = value
+    return options
+
+
+class _GenerationModel:
+    """The backend and template of sample/eval, loaded only once the first chunk of input has been read and
+    validated: bad input fails in a second instead of after a model load, and empty input loads nothing."""
+
+    def __init__(self, model: str, backend: str | None, template: str | None, n: int, batch_size: int,
+                 extra: dict[str, Any] | None = None, **options: Any):
+        from .backends.base import parse_model_spec
+
+        self.spec, self.backend, self.requested_template = model, backend, template
+        parsed = parse_model_spec(model, backend)  # a bad spec is a usage error before any input is read
+        self.kind, self.path = parsed.backend, parsed.model
+        keys = {"hf": ("device", "dtype", "batch_size"), "vllm": ("dtype",), "openai": ("base_url", "concurrency")}
+        self.options = {k: v for k, v in {**options, "batch_size": batch_size}.items()
+                        if k in keys[self.kind] and v is not None}
+        self.options.update(extra or {})  # --backend-option: passed as given
+        # Problems per backend call: hf fills `batch_size` rows; remote/vLLM backends get more to overlap.
+        self.chunk_size = max(1, batch_size // n) * (1 if self.kind == "hf" else 4)
+        self.engine: Any = None
+        self.template: str | None = None
+
+    def load(self) -> Any:
+        from .backends.base import load_backend
+        from .templates import template_for_model
+
+        if self.engine is None:
+            self.engine = load_backend(self.spec, self.backend, **self.options)
+            self.template = template_for_model(self.requested_template, self.path, self.engine.tokenizer)
+        return self.engine
+
+    def run(self, records: Iterable[dict], stage: Callable[..., Iterator[Any]], **kwargs: Any) -> Iterator[Any]:
+        import itertools
+
+        records = iter(records)
+        head = list(itertools.islice(records, self.chunk_size))
+        if not head:
+            return
+        engine = self.load()
+        yield from stage(itertools.chain(head, records), engine, template=self.template,
+                         chunk_size=self.chunk_size, **kwargs)
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+
+
 # ---------------------------------------------------------------------------------------------- grade
 
 @app.command(epilog="Example: stepdpo grade -i samples.jsonl > graded.jsonl")
@@ -185,12 +265,12 @@ def grade(
 
 # ---------------------------------------------------------------------------------------------- localize
 
-def _load_policy(spec: str, backend: Optional[str], option: str, *, device: str = "cpu",
-                 base_url: Optional[str] = None) -> Any:
+def _load_policy(spec: str, backend: Optional[str], option: str, *, device: str = "auto",
+                 base_url: Optional[str] = None, extra: Optional[list[str]] = None) -> Any:
     """Load the policy for rollout/rectify the way `sample` does; a bad spec names the option (exit 2)."""
     try:
-        engine, _, _ = _generation_backend(spec, backend, device=device, dtype="auto", batch_size=64,
-                                           base_url=base_url, concurrency=None)
+        engine = _GenerationModel(spec, backend, None, 1, 64, _backend_options(extra), device=device, dtype="auto",
+                                  base_url=base_url).load()
     except InputError as exc:
         raise InputError(exc.message, field=exc.field or option) from None
     return engine
@@ -207,7 +287,8 @@ def localize(
     model: Annotated[Optional[str], typer.Option(help="rollout: the policy's model spec.")] = None,
     backend: Annotated[Optional[str], typer.Option(help="Backend when the spec has no prefix (hf, vllm, openai).")] = None,
     base_url: Annotated[Optional[str], typer.Option(help="openai: server URL for --model/--judge (else $OPENAI_BASE_URL).")] = None,
-    device: Annotated[str, typer.Option(help="hf: cpu | cuda | auto.")] = "cpu",
+    device: Annotated[str, typer.Option(help="hf: auto | cpu | cuda.")] = "auto",
+    backend_option: BackendOptionOpt = None,
     rollouts: Annotated[int, typer.Option(help="rollout: continuations per step prefix.")] = 8,
     threshold: Annotated[float, typer.Option(help="rollout: a prefix whose success rate is <= this is a dead end.")] = 0.0,
     search: Annotated[str, typer.Option(help="rollout: linear | binary (OmegaPRM; assumes monotone success).")] = "linear",
@@ -266,7 +347,8 @@ def localize(
         if not 0.0 <= threshold < 1.0:
             raise InputError("must be in [0, 1): a prefix is a dead end when its success rate is <= it",
                              field="--threshold")
-        options = {"backend": _load_policy(model, backend, "--model", device=device, base_url=base_url),
+        options = {"backend": _load_policy(model, backend, "--model", device=device, base_url=base_url,
+                                           extra=backend_option),
                    "spec": model, "rollouts": rollouts,
                    "threshold": threshold, "search": search, "temperature": temperature, "top_p": top_p,
                    "max_tokens": max_tokens, "seed": seed, "batch_size": batch_size, "template": template,
@@ -289,7 +371,8 @@ def rectify(
     model: Annotated[str, typer.Option(help="The policy's model spec (hf:PATH, vllm:PATH, openai:NAME).")],
     backend: Annotated[Optional[str], typer.Option(help="Backend when the spec has no prefix.")] = None,
     base_url: Annotated[Optional[str], typer.Option(help="openai: server URL (else $OPENAI_BASE_URL).")] = None,
-    device: Annotated[str, typer.Option(help="hf: cpu | cuda | auto.")] = "cpu",
+    device: Annotated[str, typer.Option(help="hf: auto | cpu | cuda.")] = "auto",
+    backend_option: BackendOptionOpt = None,
     n: Annotated[int, typer.Option("--n", help="Continuations sampled per record.")] = 8,
     temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.8,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling.")] = 0.95,
@@ -324,7 +407,7 @@ def rectify(
         from .localizers.judge import winner_judge
 
         judge_check = winner_judge(verify_judge, judge_prompt)
-    policy = _load_policy(model, backend, "--model", device=device, base_url=base_url)
+    policy = _load_policy(model, backend, "--model", device=device, base_url=base_url, extra=backend_option)
     counts: dict[str, Any] = {}
     try:
         stats, _ = run_records(
@@ -476,92 +559,6 @@ def train(
 
 
 # ---------------------------------------------------------------------------------------------- sample / eval
-
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model spec: PATH, hf:PATH, vllm:PATH or openai:NAME.")]
-BackendOpt = Annotated[Optional[str], typer.Option("--backend", help="hf | vllm | openai (default: from --model, else hf).")]
-TemplateOpt = Annotated[Optional[str], typer.Option(
-    "--template", help="chat | alpaca | qwen2-boxed | deepseek-math | raw (default: the model dir's stepdpo.json, "
-    "else chat when the tokenizer has a chat template, else raw).")]
-BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Sequences decoded together (hf); problems per "
-                                           "backend call = batch-size / n.")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="hf: auto (cuda if available, else cpu) | cpu | cuda[:i].")]
-DtypeOpt = Annotated[str, typer.Option("--dtype", help="hf/vllm: auto | float32 | bfloat16 | float16.")]
-BaseUrlOpt = Annotated[Optional[str], typer.Option("--base-url", help="openai: server URL (e.g. http://127.0.0.1:8000/v1).")]
-ConcurrencyOpt = Annotated[Optional[int], typer.Option("--concurrency", help="openai: requests in flight.")]
-StopOpt = Annotated[Optional[list[str]], typer.Option("--stop", help="Stop string (repeatable); cut from the text.")]
-GradeTimeoutOpt = Annotated[float, typer.Option("--grade-timeout", help="Seconds allowed per answer comparison.")]
-BackendOptionOpt = Annotated[Optional[list[str]], typer.Option(
-    "--backend-option", help="KEY=VALUE given to the backend as is (repeatable; VALUE parsed as JSON when it is), "
-    "e.g. tensor_parallel_size=8, kv_cache_gb=4, endpoint=chat, api_key_env=MY_KEY.")]
-
-
-def _backend_options(pairs: list[str] | None) -> dict[str, Any]:
-    import json
-
-    options: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip().isidentifier():
-            raise InputError(f"expected KEY=VALUE, got {pair!r}", field="--backend-option")
-        try:
-            options[key.strip()] = json.loads(value)
-        except ValueError:
-            options[key.strip()] = value
-    return options
-
-
-class _GenerationModel:
-    """The backend and template of sample/eval, loaded only once the first chunk of input has been read and
-    validated: bad input fails in a second instead of after a model load, and empty input loads nothing."""
-
-    def __init__(self, model: str, backend: str | None, template: str | None, n: int, batch_size: int,
-                 extra: dict[str, Any] | None = None, **options: Any):
-        from .backends.base import parse_model_spec
-
-        self.spec, self.backend, self.requested_template = model, backend, template
-        parsed = parse_model_spec(model, backend)  # a bad spec is a usage error before any input is read
-        self.kind, self.path = parsed.backend, parsed.model
-        keys = {"hf": ("device", "dtype", "batch_size"), "vllm": ("dtype",), "openai": ("base_url", "concurrency")}
-        self.options = {k: v for k, v in {**options, "batch_size": batch_size}.items()
-                        if k in keys[self.kind] and v is not None}
-        self.options.update(extra or {})  # --backend-option: passed as given
-        # Problems per backend call: hf fills `batch_size` rows; remote/vLLM backends get more to overlap.
-        self.chunk_size = max(1, batch_size // n) * (1 if self.kind == "hf" else 4)
-        self.engine: Any = None
-        self.template: str | None = None
-
-    def load(self) -> Any:
-        from .backends.base import load_backend
-        from .templates import template_for_model
-
-        if self.engine is None:
-            self.engine = load_backend(self.spec, self.backend, **self.options)
-            self.template = template_for_model(self.requested_template, self.path, self.engine.tokenizer)
-        return self.engine
-
-    def run(self, records: Iterable[dict], stage: Callable[..., Iterator[Any]], **kwargs: Any) -> Iterator[Any]:
-        import itertools
-
-        records = iter(records)
-        head = list(itertools.islice(records, self.chunk_size))
-        if not head:
-            return
-        engine = self.load()
-        yield from stage(itertools.chain(head, records), engine, template=self.template,
-                         chunk_size=self.chunk_size, **kwargs)
-
-    def close(self) -> None:
-        if self.engine is not None:
-            self.engine.close()
-
-
-def _generation_backend(model: str, backend: str | None, *, device: str, dtype: str, batch_size: int,
-                        base_url: str | None, concurrency: int | None) -> tuple[Any, str, int]:
-    """Load a backend now with the options its kind takes: (engine, model path, chunk multiplier)."""
-    generator = _GenerationModel(model, backend, None, 1, batch_size, device=device, dtype=dtype, base_url=base_url,
-                                 concurrency=concurrency)
-    return generator.load(), generator.path, (1 if generator.kind == "hf" else 4)
-
 
 @app.command(epilog="Example: stepdpo sample --model ckpt/sft -i problems.jsonl -o samples.jsonl --n 8 --keep wrong")
 def sample(
