@@ -433,7 +433,7 @@ def rectify(
 
 @app.command(epilog="Example: stepdpo pair -i rectified.jsonl > pairs.jsonl")
 def pair(
-    format: Annotated[str, typer.Option("--format", help="step (Math-Step-DPO-10K rows) | dpo (whole solutions).")] = "step",
+    format: Annotated[str, typer.Option("--format", help="step (Math-Step-DPO-10K rows) | dpo (whole solutions) | sft (prefix + corrected continuation: the no-preference control).")] = "step",
     chosen_source: Annotated[str, typer.Option(help="model | reference-step (the OOD ablation).")] = "model",
     max_per_problem: Annotated[Optional[int], typer.Option(help="At most this many pairs per problem.")] = None,
     tokenizer: Annotated[Optional[str], typer.Option(help="Tokenizer path for the prefix/step token ratio.")] = None,

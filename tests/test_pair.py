@@ -86,6 +86,15 @@ def test_dpo_format_uses_whole_solutions_from_the_same_material():
     assert plain["rejected_step_scores"] == [1.0, 0.0, 0.0, 0.0, 0.0]
 
 
+def test_sft_format_is_the_corrected_continuation_after_the_same_prefix():
+    record = _rectified(3)
+    [step_row] = _pairs([dict(record)])
+    [row] = _pairs([dict(record)], format="sft")
+    assert row["initial_reason_steps"] == step_row["initial_reason_steps"]
+    assert row["completion"] == step_row["full_chosen"] == join_steps(solution_steps(NUMBERS)[2:], start=3)
+    assert "chosen" not in row and "rejected" not in row and row["format"] == "sft"
+
+
 def test_pairs_carry_the_problem_fields_of_their_record():
     [row] = _pairs([_rectified(2, level=3, subject="arith")])
     assert row["level"] == 3 and row["subject"] == "arith" and row["problem_id"] == "p0"
@@ -150,3 +159,6 @@ def test_train_accepts_pair_rows_for_each_objective(tiny_model):
         examples = data.encode_rows([validate(dict(r)) for r in rows], tokenizer, "raw", objective, 512)
         assert len(examples) == len(rows) == 3, objective
         assert all(e.chosen and e.rejected for e in examples)
+    sft_rows = _pairs([dict(r) for r in records], format="sft")
+    validate = data.validator("sft")
+    assert len(data.encode_rows([validate(dict(r)) for r in sft_rows], tokenizer, "raw", "sft", 512)) == 3

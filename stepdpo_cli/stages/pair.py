@@ -6,7 +6,9 @@ Step format (default), one row per candidate j of a record with first error step
   answer, dataset, id = f"{record id}/c{j}", plus source_id, problem_id, first_error_step, template,
   localizer and provenance.
 DPO format: the same material as whole solutions (initial_reason_steps = the CoT prefix), so the DPO baseline
-and Step-DPO train on identical problems. `--chosen-source reference-step` uses the record's
+and Step-DPO train on identical problems. SFT format: {prompt, initial_reason_steps = the prefix, completion =
+the winner's continuation from step k}, the control that trains on the corrected steps with no preference
+term. `--chosen-source reference-step` uses the record's
 `reference_step` (a verifier's correction: the paper's out-of-distribution ablation) instead of the model.
 """
 from __future__ import annotations
@@ -17,7 +19,7 @@ from ..records import InputError
 from ..steps import STEP_PREFIX, join_steps, prefix_text, split_steps
 from .rectify import same_step, validate_rectifiable
 
-FORMATS = ("step", "dpo")
+FORMATS = ("step", "dpo", "sft")
 CHOSEN_SOURCES = ("model", "reference-step")
 
 
@@ -126,13 +128,15 @@ def pair_records(records: Iterable[dict], *, format: str = "step", chosen_source
                        "rejected": join_steps(steps), "full_chosen": chosen_text, "full_rejected": join_steps(steps)}
                 row["chosen_step_scores"], row["rejected_step_scores"] = _step_labels(
                     record, k, chosen_text, row["rejected"])
+            elif format == "sft":
+                row = {"prompt": record["problem"], "initial_reason_steps": prefix, "completion": continuation}
             else:
                 row = {"prompt": record["problem"], "initial_reason_steps": prefix, "chosen": chosen,
                        "rejected": rejected, "full_chosen": continuation,
                        "full_rejected": join_steps(list(steps[k - 1:]), start=k)}
             # Step rows: one per (prompt, prefix, chosen) as the official merge; whole-solution rows share
             # one correct solution across many wrong ones, so their key includes the rejected text.
-            key = (row["prompt"], row["initial_reason_steps"], row["chosen"]) + (
+            key = (row["prompt"], row["initial_reason_steps"], row.get("chosen", chosen)) + (
                 (row["rejected"],) if format == "dpo" else ())
             if key in seen:
                 drop("duplicate")
@@ -154,7 +158,7 @@ def pair_records(records: Iterable[dict], *, format: str = "step", chosen_source
             counts["pairs"] = counts.get("pairs", 0) + 1
             counts["step_sum"] = counts.get("step_sum", 0) + k
             counts["prefix_len"] = counts.get("prefix_len", 0) + lengths(row["prompt"] + row["initial_reason_steps"])
-            counts["step_len"] = counts.get("step_len", 0) + (lengths(row["chosen"]) + lengths(row["rejected"])) / 2
+            counts["step_len"] = counts.get("step_len", 0) + (lengths(chosen) + lengths(rejected)) / 2
         counts["problems"] = len(per_problem)
         if rows:
             yield rows
