@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PY:-../../.venv/bin/python}
-SFT_STEPS=${SFT_STEPS:-1000}
+SFT_STEPS=${SFT_STEPS:-2500}
 SFT_BATCH=${SFT_BATCH:-32}
 SFT_LR=${SFT_LR:-2e-3}
 LAYERS=${LAYERS:-4}
