@@ -53,10 +53,23 @@ def test_math_step_dpo_rows_read_unchanged(tmp_path, tokenizer):
     context = generation_prompt(MATH_STEP_DPO_ROW["prompt"], "qwen2-boxed", tokenizer,
                                 reason_prefix=MATH_STEP_DPO_ROW["initial_reason_steps"])
     assert tokenizer.decode(ex.prefix) == context
-    # Step-DPO continuations are partial steps: exactly the step text, no EOS.
-    assert tokenizer.decode(ex.chosen) == MATH_STEP_DPO_ROW["chosen"]
-    assert tokenizer.decode(ex.rejected) == MATH_STEP_DPO_ROW["rejected"]
+    # Step-DPO continuations are partial steps: the step text and the newline the solution continues with
+    # (tokenisers fold it into the step's last token), never EOS.
+    assert tokenizer.decode(ex.chosen) == MATH_STEP_DPO_ROW["chosen"] + "\n"
+    assert tokenizer.decode(ex.rejected) == MATH_STEP_DPO_ROW["rejected"] + "\n"
     assert tokenizer.eos_token_id not in ex.chosen + ex.rejected
+
+
+def test_step_ends_with_the_token_the_model_emits(tokenizer):
+    # A BPE that merges ".\n" (as Qwen2's does): a step cut before the newline would end in a bare "."
+    # the model never writes after a step; the continuing solution decides whether the newline is there.
+    final = dict(MATH_STEP_DPO_ROW, chosen=" The answer is 11.", full_chosen=" The answer is 11.",
+                 rejected=" The answer is 12.", full_rejected=" The answer is 12.")
+    bare = {k: v for k, v in MATH_STEP_DPO_ROW.items() if not k.startswith("full_")}
+    middle, last, unknown = encode_rows([MATH_STEP_DPO_ROW, final, bare], tokenizer, "raw", "step-dpo", 1024)
+    assert tokenizer.decode(middle.chosen).endswith("$.\n")
+    assert tokenizer.decode(last.chosen) == " The answer is 11."  # nothing follows a final step
+    assert tokenizer.decode(unknown.chosen) == bare["chosen"]  # without full_* the text is taken as given
 
 
 def test_dpo_and_sft_append_eos_and_default_prefix(tokenizer):

@@ -153,6 +153,19 @@ class EncodeStats:
     truncated: int = 0
 
 
+def with_step_end(step: str, full: Any) -> str:
+    """A step that the solution continues after ends with the newline before "Step k+1:" in the model's own text.
+
+    Tokenisers merge that newline into the step's last token (Qwen2/Llama-3 write ".\n" as one token), so a step
+    cut before it ends in a token the model never emits after a step (measured on the demo model: -17 nats for
+    the final "." alone, for chosen and rejected alike). With `full_chosen`/`full_rejected` we know the newline
+    follows and keep it; a final step (full == step) or a row without them is left as it is.
+    """
+    if isinstance(full, str) and len(full) > len(step) and full.startswith(step) and full[len(step)] == "\n":
+        return step + "\n"
+    return step
+
+
 def encode_rows(rows: Iterable[dict], tokenizer: Any, template: str, objective: str, max_length: int,
                 stats: EncodeStats | None = None) -> list[Example]:
     """Validated rows -> Examples. Preference rows with an empty chosen/rejected are skipped (counted):
@@ -172,6 +185,9 @@ def encode_rows(rows: Iterable[dict], tokenizer: Any, template: str, objective: 
             if not all(t.strip() for t in texts):
                 stats.skipped_empty += 1
                 continue
+            if objective == "step-dpo":
+                texts = [with_step_end(texts[0], row.get("full_chosen")),
+                         with_step_end(texts[1], row.get("full_rejected"))]
         prefix = encode_context(tokenizer, context)
         encoded = [encode_continuation(tokenizer, t, eos=eos, with_steps=with_steps) for t in texts]
         conts = [ids for ids, _ in encoded]
