@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -31,3 +32,9 @@ def run_cli(*args: str, input: str | bytes | None = None, env: dict | None = Non
         input = input.encode()
     return subprocess.run([sys.executable, "-m", "stepdpo_cli", *args], input=input, capture_output=True,
                           env=full_env, cwd=cwd or ROOT, timeout=timeout)
+
+
+def default_sigint() -> None:
+    """Popen preexec_fn for tests that send SIGINT: a library imported earlier in the test process can leave
+    SIGINT ignored, and children inherit that (Python then never raises KeyboardInterrupt in them)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

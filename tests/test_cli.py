@@ -14,7 +14,7 @@ import time
 import orjson
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, default_sigint, run_cli
 
 
 def jsonl(*records: dict) -> str:
@@ -155,7 +155,7 @@ def test_output_is_flushed_per_record_so_a_killed_run_loses_nothing_finished(tmp
 def test_ctrl_c_exits_130_with_a_resume_hint(tmp_path):
     out = tmp_path / "graded.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "stepdpo_cli", "grade", "-o", str(out)], cwd=ROOT,
-                            stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdin=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=default_sigint)
     proc.stdin.write(jsonl(GOOD[0]).encode())
     proc.stdin.flush()
     deadline = time.monotonic() + 60

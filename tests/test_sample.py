@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, default_sigint, run_cli
 from stepdpo_cli.backends.base import SamplingParams
 from stepdpo_cli.backends.hf import HFBackend
 from stepdpo_cli.records import derive_seed
@@ -110,7 +110,7 @@ def test_sigint_keeps_finished_records_and_resume_completes(tiny_model, tmp_path
     args = ["sample", "--model", tiny_model, "-i", source, "-o", str(out), "--n", str(n), "--max-tokens", "48",
             "--batch-size", str(n), "--seed", "5", "-q"]
     proc = subprocess.Popen([sys.executable, "-m", "stepdpo_cli", *args], cwd=ROOT, env={**os.environ, **ENV},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=default_sigint)
     deadline = time.time() + 240
     while time.time() < deadline and (not out.exists() or out.stat().st_size == 0) and proc.poll() is None:
         time.sleep(0.05)
