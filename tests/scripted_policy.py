@@ -131,8 +131,8 @@ def flag_first_step(problem: str, steps: list[str], record: dict) -> dict:
     return {"verdicts": [False] + [None] * (len(steps) - 1), "corrections": {1: " 1 + 1 = 2."}}
 
 
-def serve_policy(policy: "ScriptedPolicy"):
-    """Serve `policy` as an OpenAI-compatible /v1/completions endpoint on 127.0.0.1; returns (server, base_url)."""
+def _serve_json(respond):
+    """A local OpenAI-compatible server on 127.0.0.1 whose POSTs answer `respond(body) -> (object, choices)`."""
     import json
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -143,12 +143,8 @@ def serve_policy(policy: "ScriptedPolicy"):
 
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            prompt = body["prompt"] if isinstance(body["prompt"], str) else body["prompt"][0]
-            n, seed = int(body.get("n") or 1), int(body.get("seed") or 0)
-            choices = [{"index": j, "text": policy.complete(prompt, seed, j).text, "finish_reason": "stop",
-                        "logprobs": None} for j in range(n)]
-            data = json.dumps({"id": "c", "object": "text_completion", "created": 0, "model": body["model"],
-                               "choices": choices,
+            kind, choices = respond(body)
+            data = json.dumps({"id": "c", "object": kind, "created": 0, "model": body["model"], "choices": choices,
                                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -159,31 +155,26 @@ def serve_policy(policy: "ScriptedPolicy"):
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}/v1"
+
+
+def serve_policy(policy: "ScriptedPolicy"):
+    """Serve `policy` as an OpenAI-compatible /v1/completions endpoint on 127.0.0.1; returns (server, base_url)."""
+
+    def respond(body):
+        prompt = body["prompt"] if isinstance(body["prompt"], str) else body["prompt"][0]
+        n, seed = int(body.get("n") or 1), int(body.get("seed") or 0)
+        return "text_completion", [{"index": j, "text": policy.complete(prompt, seed, j).text,
+                                    "finish_reason": "stop", "logprobs": None} for j in range(n)]
+
+    return _serve_json(respond)
 
 
 def serve_chat(reply):
     """An OpenAI-compatible chat/completions server on 127.0.0.1 answering `reply(prompt_text)`; (server, url)."""
-    import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
+    def respond(body):
+        text = reply("".join(m["content"] for m in body.get("messages", [])) or str(body.get("prompt")))
+        return "chat.completion", [{"index": 0, "message": {"role": "assistant", "content": text},
+                                    "finish_reason": "stop"}]
 
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            text = reply("".join(m["content"] for m in body.get("messages", [])) or str(body.get("prompt")))
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-            data = json.dumps({"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
-                               "choices": [choice],
-                               "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}/v1"
+    return _serve_json(respond)
