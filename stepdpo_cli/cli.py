@@ -382,6 +382,7 @@ def rectify(
     verify_chosen: Annotated[Optional[str], typer.Option(help="module:function: a winner's own steps must pass it.")] = None,
     verify_judge: Annotated[Optional[str], typer.Option(help="Judge model spec: a winner's own steps must be judged all correct.")] = None,
     judge_prompt: Annotated[Optional[str], typer.Option(help="Prompt file for --verify-judge ({problem} {answer} {steps}).")] = None,
+    accept: Annotated[str, typer.Option(help="answer: a winner's continuation reaches the answer (the paper); step: only its first step must pass --verify-chosen / --verify-judge.")] = "answer",
     template: Annotated[Optional[str], typer.Option(help="Template for records without a `template` field.")] = None,
     batch_size: Annotated[int, typer.Option(help="Records per generate call.")] = 32,
     seed: SeedOpt = 0,
@@ -392,11 +393,12 @@ def rectify(
     quiet: QuietOpt = False,
 ) -> None:
     """Sample continuations from the correct prefix; keep the correct ones' first steps as `candidates`."""
-    from .stages.rectify import rectify_records, validate_rectifiable
+    from .stages.rectify import check_accept, rectify_records, validate_rectifiable
 
     log.set_quiet(quiet)
     if n < 1:
         raise InputError("must be >= 1", field="--n")
+    check_accept(accept, bool(verify_chosen or verify_judge))
     checker = None
     if verify_chosen:
         from .localizers.verifier import load_callable
@@ -416,7 +418,7 @@ def rectify(
                                             max_candidates=max_candidates, verify_chosen=checker,
                                             verify_spec=verify_chosen or "", template=template,
                                             judge_check=judge_check, judge_spec=verify_judge or "",
-                                            batch_size=batch_size, counts=counts),
+                                            batch_size=batch_size, accept=accept, counts=counts),
             input=input, output=output, resume=resume, skip_invalid=skip_invalid, validate=validate_rectifiable,
         )
     finally:

@@ -95,6 +95,17 @@ def test_sft_format_is_the_corrected_continuation_after_the_same_prefix():
     assert "chosen" not in row and "rejected" not in row and row["format"] == "sft"
 
 
+def test_whole_solution_formats_skip_winners_whose_continuation_misses_the_answer():
+    record = _rectified(3)
+    record["candidates"] = [dict(c, reaches_answer=False) for c in record["candidates"]]  # rectify --accept step
+    [step_row] = _pairs([dict(record)])
+    assert step_row["provenance"]["reaches_answer"] is False
+    for format in ("dpo", "sft"):
+        counts: dict = {}
+        assert _pairs([dict(record)], format=format, counts=counts) == []
+        assert counts["dropped_no_candidate_reaches_answer"] == 1
+
+
 def test_pairs_carry_the_problem_fields_of_their_record():
     [row] = _pairs([_rectified(2, level=3, subject="arith")])
     assert row["level"] == 3 and row["subject"] == "arith" and row["problem_id"] == "p0"

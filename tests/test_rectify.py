@@ -66,6 +66,27 @@ def test_verify_chosen_rejects_winners_whose_own_steps_are_wrong():
     assert len(ok["candidates"]) == 4
 
 
+def test_step_acceptance_keeps_verified_first_steps_whose_continuation_goes_wrong_later():
+    policy = ScriptedPolicy(error_percent=60)
+    [by_answer], _ = _rectify([_localized(2)], policy=policy, n=12, verify_chosen=check_arith)
+    [by_step], _ = _rectify([_localized(2)], policy=policy, n=12, verify_chosen=check_arith, accept="step")
+    right = solution_steps(NUMBERS)[1]
+    assert all(c["text"] == right for c in by_step["candidates"])  # only the checked first step matters
+    late = [c for c in by_step["candidates"] if not c["reaches_answer"]]
+    assert late and all(c["prediction"] != "22" for c in late)
+    assert [c["index"] for c in by_answer["candidates"]] == [
+        c["index"] for c in by_step["candidates"] if c["reaches_answer"]]
+    assert by_answer["rectify"]["settings"]["accept"] == "answer" and by_step["rectify"]["settings"]["accept"] == "step"
+    # A continuation whose own first step is wrong is still refused.
+    info = by_step["rectify"]
+    assert info["failed_verify"] + info["dropped_same"] > 0
+    assert len(by_step["candidates"]) + info["failed_verify"] + info["dropped_same"] == 12
+    with pytest.raises(InputError, match="--verify-chosen"):
+        _rectify([_localized(2)], accept="step")
+    with pytest.raises(InputError, match="--accept"):
+        _rectify([_localized(2)], accept="first")
+
+
 def test_records_without_an_error_pass_through_and_batching_does_not_change_results():
     records = [_localized(k, rid=f"p{i}/s0") for i, k in enumerate([2, None, 4, 1, 3])]
     counts: dict = {}
@@ -88,6 +109,8 @@ def test_validation_requires_a_localized_record():
 def test_cli_rectify_needs_a_model_and_reports_bad_specs():
     proc = run_cli("rectify", input="")
     assert proc.returncode == 2
+    proc = run_cli("rectify", "--model", "hf:/no/such/model/dir", "--accept", "step", input="")
+    assert proc.returncode == 2 and b"--verify-chosen" in proc.stderr and b"Traceback" not in proc.stderr
     proc = run_cli("rectify", "--model", "hf:/no/such/model/dir", input=json.dumps(_localized(2)) + "\n")
     assert proc.returncode in (1, 2) and b"Traceback" not in proc.stderr and proc.stdout == b""
 

@@ -8,7 +8,8 @@ Step format (default), one row per candidate j of a record with first error step
 DPO format: the same material as whole solutions (initial_reason_steps = the CoT prefix), so the DPO baseline
 and Step-DPO train on identical problems. SFT format: {prompt, initial_reason_steps = the prefix, completion =
 the winner's continuation from step k}, the control that trains on the corrected steps with no preference
-term. `--chosen-source reference-step` uses the record's
+term. Whole-solution formats (dpo, sft) need a correct whole solution: they skip candidates whose continuation
+does not reach the answer (kept by `rectify --accept step`). `--chosen-source reference-step` uses the record's
 `reference_step` (a verifier's correction: the paper's out-of-distribution ablation) instead of the model.
 """
 from __future__ import annotations
@@ -40,14 +41,17 @@ def _problem_key(record: dict) -> str:
     return str(record.get("problem_id") or record["problem"])
 
 
-def _choices(record: dict, chosen_source: str) -> list[tuple[str, str, str, dict]]:
-    """(id suffix, chosen step, continuation from step k, provenance) for each winner of this record."""
+def _choices(record: dict, chosen_source: str, whole: bool) -> list[tuple[str, str, str, dict]]:
+    """(id suffix, chosen step, continuation from step k, provenance) for each winner of this record;
+    `whole`: only winners whose continuation reaches the answer."""
     if chosen_source == "reference-step":
         ref = record.get("reference_step")
         return [] if ref is None else [("ref", ref, ref, {"chosen_source": "reference-step"})]
     return [(f"c{j}", c["text"], c["continuation"],
-             {"chosen_source": "model", "candidate_index": c.get("index", j), "candidate_seed": c.get("seed")})
-            for j, c in enumerate(record.get("candidates", []))]
+             {"chosen_source": "model", "candidate_index": c.get("index", j), "candidate_seed": c.get("seed"),
+              "reaches_answer": c.get("reaches_answer", True)})
+            for j, c in enumerate(record.get("candidates", []))
+            if not whole or c.get("reaches_answer", True)]
 
 
 def _step_labels(record: dict, k: int, chosen_text: str, rejected_text: str) -> tuple[list, list]:
@@ -107,9 +111,10 @@ def pair_records(records: Iterable[dict], *, format: str = "step", chosen_source
         if k is None:
             drop("undecided" if record.get("localize_status") == "undecided" else "no_error_step")
             continue
-        choices = _choices(record, chosen_source)
+        choices = _choices(record, chosen_source, whole=format != "step")
         if not choices:
-            drop("no_reference_step" if chosen_source == "reference-step" else "no_candidates")
+            drop("no_reference_step" if chosen_source == "reference-step" else
+                 "no_candidates" if not record.get("candidates") else "no_candidate_reaches_answer")
             continue
         steps = record["steps"]
         prefix = prefix_text(steps, k)

@@ -1,6 +1,11 @@
 """`stepdpo rectify`: sample continuations from the correct prefix s_1..s_{k-1} and keep the ones that reach
 the answer; the first step of each is a candidate s_win (paper, section 3.2, Eq. 3).
 
+`accept="step"` keeps a continuation whose first step passes the step check (a verifier or a judge) whether
+or not the rest reaches the answer: on long chains the policy rarely finishes correctly from any prefix, and
+most continuations that do reach the answer get there through compensating errors, so answer-checked
+rectification finds no winners exactly where the policy fails. Each candidate records `reaches_answer`.
+
 The prompt is byte-identical to what `sample` used for the same steps: the record's own `template` and
 `steps.prefix_text(steps, k)` as the reasoning prefix. Records without a first error step pass through
 with no candidates, so the stream keeps every record.
@@ -16,6 +21,8 @@ from ..records import InputError, batched, derive_seed, require_fields
 from ..steps import continuation_steps, first_step, prefix_text
 from ..templates import generation_prompt, resolve_template
 from .localize import validate_localizable
+
+ACCEPT_MODES = ("answer", "step")
 
 
 def same_step(a: str, b: str) -> bool:
@@ -41,17 +48,20 @@ def rectify_records(records: Iterable[dict], backend: Backend, *, spec: str = ""
                     drop_same: bool = True, max_candidates: int | None = None,
                     verify_chosen: Callable | None = None, verify_spec: str = "", template: str | None = None,
                     judge_check: Callable[[list[tuple]], list[bool]] | None = None, judge_spec: str = "",
-                    batch_size: int = 32, grade_timeout: float = 5.0,
+                    batch_size: int = 32, grade_timeout: float = 5.0, accept: str = "answer",
                     counts: dict | None = None) -> Iterator[list[dict]]:
     """Add `candidates` and `rectify` to each record, `batch_size` records per generate call.
 
     `verify_chosen(problem, steps, record)` is a programmatic check of each winner's own steps;
     `judge_check([(problem, answer, steps, seed), ...]) -> [ok, ...]` asks a judge about all winners of a batch
-    at once (the paper's GPT-4 filter of winners whose answer is right but whose step is wrong)."""
+    at once (the paper's GPT-4 filter of winners whose answer is right but whose step is wrong).
+    `accept`: "answer" (the paper: the continuation reaches the answer, then the checks above apply to its
+    steps) or "step" (only the continuation's first step must pass the checks; one of them is required)."""
+    check_accept(accept, verify_chosen is not None or judge_check is not None)
     counts = counts if counts is not None else {}
     params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens)
     settings = {"model": spec, "n": n, "temperature": temperature, "top_p": top_p, "max_tokens": max_tokens,
-                "seed": seed, "drop_same": drop_same, "max_candidates": max_candidates,
+                "seed": seed, "drop_same": drop_same, "max_candidates": max_candidates, "accept": accept,
                 "verify_chosen": verify_spec or None, "verify_judge": judge_spec or None}
     for batch in batched(records, batch_size):
         todo = [r for r in batch if r.get("first_error_step") is not None]
@@ -78,6 +88,14 @@ def rectify_records(records: Iterable[dict], backend: Backend, *, spec: str = ""
         yield batch
 
 
+def check_accept(accept: str, has_step_check: bool) -> None:
+    """Usage errors (exit 2), checked before any output file is opened."""
+    if accept not in ACCEPT_MODES:
+        raise InputError(f"unknown mode {accept!r}; choose one of {', '.join(ACCEPT_MODES)}", field="--accept")
+    if accept == "step" and not has_step_check:
+        raise InputError("step acceptance needs a step check: --verify-chosen or --verify-judge", field="--accept")
+
+
 def _request(record: dict, seed: int, template: str | None, tokenizer: Any) -> Request:
     used = record.get("template") or resolve_template(template, tokenizer)  # as `sample` chose it
     prefix = prefix_text(record["steps"], record["first_error_step"])
@@ -85,39 +103,46 @@ def _request(record: dict, seed: int, template: str | None, tokenizer: Any) -> R
                    derive_seed(seed, record["id"]))
 
 
-def _own_steps(record: dict, continuation: str) -> list[str]:
-    """A winner's whole solution as steps: the shared correct prefix, then its continuation's steps."""
-    return list(record["steps"][: record["first_error_step"] - 1]) + continuation_steps(continuation)
+def _checked_steps(record: dict, continuation: str) -> list[str]:
+    """The steps a winner's checks judge: the shared correct prefix, then the continuation's steps (all of them,
+    or only the first under step acceptance)."""
+    steps = continuation_steps(continuation)
+    if record["rectify"]["settings"]["accept"] == "step":
+        steps = steps[:1]
+    return list(record["steps"][: record["first_error_step"] - 1]) + steps
 
 
 def _attach_candidates(record: dict, record_seed: int, completions: list, settings: dict, grade_timeout: float,
                        verify_chosen: Callable | None) -> None:
     k = record["first_error_step"]
     rejected = record["steps"][k - 1]
-    candidates, correct, dropped_same, failed_verify = [], 0, 0, 0
+    record["rectify"] = {"n": len(completions), "correct": 0, "kept": 0, "dropped_same": 0, "failed_verify": 0,
+                         "seed": record_seed, "settings": settings}
+    info, candidates = record["rectify"], []
     for index, completion in enumerate(completions):
         prediction, ok = grade(completion.text, record["answer"], timeout=grade_timeout)
-        if not ok:
+        info["correct"] += int(ok)
+        if not ok and settings["accept"] == "answer":
             continue
-        correct += 1
         text = first_step(completion.text)
+        if not text.strip():
+            continue
         if settings["drop_same"] and same_step(text, rejected):
-            dropped_same += 1
+            info["dropped_same"] += 1
             continue
         if verify_chosen is not None:
             # The winner's own steps must hold up, not only its final answer.
-            verdicts = verify_chosen(record["problem"], _own_steps(record, completion.text), record)
+            verdicts = verify_chosen(record["problem"], _checked_steps(record, completion.text), record)
             if isinstance(verdicts, dict):
                 verdicts = verdicts.get("verdicts") or []
             if any(v is False for v in verdicts):
-                failed_verify += 1
+                info["failed_verify"] += 1
                 continue
         candidates.append({"text": text, "continuation": completion.text, "prediction": prediction,
-                           "seed": record_seed, "index": index, "finish_reason": completion.finish_reason})
+                           "reaches_answer": ok, "seed": record_seed, "index": index,
+                           "finish_reason": completion.finish_reason})
     record["candidates"] = candidates
-    record["rectify"] = {"n": len(completions), "correct": correct, "kept": len(candidates),
-                         "dropped_same": dropped_same, "failed_verify": failed_verify, "seed": record_seed,
-                         "settings": settings}
+    info["kept"] = len(candidates)
 
 
 def _judge_candidates(records: list[dict], judge_check: Callable[[list[tuple]], list[bool]]) -> None:
@@ -127,7 +152,7 @@ def _judge_candidates(records: list[dict], judge_check: Callable[[list[tuple]], 
     owners = [(r, c) for r in records for c in r["candidates"]]
     if not owners:
         return
-    items = [(r["problem"], r["answer"], _own_steps(r, c["continuation"]),
+    items = [(r["problem"], r["answer"], _checked_steps(r, c["continuation"]),
               derive_seed(r["rectify"]["seed"], "judge", c["index"])) for r, c in owners]
     verdicts = judge_check(items)
     for record in records:
