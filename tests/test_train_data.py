@@ -82,6 +82,17 @@ def test_dpo_and_sft_append_eos_and_default_prefix(tokenizer):
     assert tokenizer.decode(ex.prefix + ex.chosen[:-1]) == "2+2?\n" + STEP_PREFIX + " 4."
 
 
+def test_sft_on_preference_rows_trains_the_chosen_step_exactly_as_step_dpo_sees_it(tokenizer):
+    # The control for a preference term: the same rows, the chosen text alone, no EOS after a middle step.
+    final = dict(MATH_STEP_DPO_ROW, chosen=" The answer is 11.", full_chosen=" The answer is 11.")
+    step_rows = encode_rows([MATH_STEP_DPO_ROW, final], tokenizer, "raw", "step-dpo", 1024)
+    middle, last = encode_rows([MATH_STEP_DPO_ROW, final], tokenizer, "raw", "sft", 1024)
+    assert middle.prefix == step_rows[0].prefix and middle.chosen == step_rows[0].chosen and not middle.rejected
+    assert tokenizer.eos_token_id not in middle.chosen
+    assert last.chosen == step_rows[1].chosen + [tokenizer.eos_token_id]  # a final step ends the solution
+    assert validator("sft")(dict(MATH_STEP_DPO_ROW)) == MATH_STEP_DPO_ROW
+
+
 @pytest.mark.parametrize("objective,row,field", [
     ("step-dpo", {"prompt": "p", "chosen": "a", "rejected": "b"}, "initial_reason_steps"),
     ("dpo", {"prompt": "p", "chosen": "a"}, "rejected"),

@@ -23,6 +23,8 @@ from ..templates import generation_prompt
 
 OBJECTIVES = ("sft", "dpo", "step-dpo", "full-step-dpo")
 COMPLETION_ALIASES = ("completion", "solution", "response", "output")
+# SFT on preference rows trains their chosen text alone (the control for a preference term).
+SFT_FIELDS = (*COMPLETION_ALIASES, "chosen")
 PROMPT_FIELDS = ("prompt", *(a for a in PROBLEM_ALIASES if a != "prompt"))  # Math-Step-DPO-10K says prompt
 
 
@@ -82,7 +84,7 @@ def validator(objective: str) -> Callable[[dict], dict]:
         _text_field(record, PROMPT_FIELDS)
         steps_given = _text_field(record, ("initial_reason_steps",), required=objective == "step-dpo")
         if objective == "sft":
-            _text_field(record, COMPLETION_ALIASES)
+            _text_field(record, SFT_FIELDS)
             return record
         chosen = _text_field(record, ("chosen",))
         rejected = _text_field(record, ("rejected",))
@@ -166,6 +168,11 @@ def with_step_end(step: str, full: Any) -> str:
     return step
 
 
+def _continues(step: str, full: Any) -> bool:
+    """`full` (full_chosen) goes on past `step`: the step is not the end of a solution, so no EOS after it."""
+    return isinstance(full, str) and len(full.strip()) > len(step.strip()) and full.startswith(step)
+
+
 def encode_rows(rows: Iterable[dict], tokenizer: Any, template: str, objective: str, max_length: int,
                 stats: EncodeStats | None = None) -> list[Example]:
     """Validated rows -> Examples. Preference rows with an empty chosen/rejected are skipped (counted):
@@ -178,8 +185,13 @@ def encode_rows(rows: Iterable[dict], tokenizer: Any, template: str, objective: 
         stats.rows += 1
         steps_given = row.get("initial_reason_steps")
         context = context_text(row, template, tokenizer)
+        row_eos = eos
         if objective == "sft":
-            texts = [_strip_intro(_text_field(row, COMPLETION_ALIASES), steps_given)]
+            completion = _text_field(row, COMPLETION_ALIASES, required=False)
+            if completion is None:  # a preference row: its chosen step, ending as the step-dpo trainer ends it
+                completion = with_step_end(row["chosen"], row.get("full_chosen"))
+                row_eos = not _continues(row["chosen"], row.get("full_chosen"))
+            texts = [_strip_intro(completion, steps_given)]
         else:
             texts = [_strip_intro(row["chosen"], steps_given), _strip_intro(row["rejected"], steps_given)]
             if not all(t.strip() for t in texts):
@@ -189,7 +201,7 @@ def encode_rows(rows: Iterable[dict], tokenizer: Any, template: str, objective: 
                 texts = [with_step_end(texts[0], row.get("full_chosen")),
                          with_step_end(texts[1], row.get("full_rejected"))]
         prefix = encode_context(tokenizer, context)
-        encoded = [encode_continuation(tokenizer, t, eos=eos, with_steps=with_steps) for t in texts]
+        encoded = [encode_continuation(tokenizer, t, eos=row_eos, with_steps=with_steps) for t in texts]
         conts = [ids for ids, _ in encoded]
         cut = _truncate(prefix, conts, max_length)
         if cut:
