@@ -1,6 +1,6 @@
 # stepdpo: set-up, tests and the demo.
 #   make demo    create .venv, install stepdpo, run the miniature pipeline (examples/arith)
-#   make test    install the dev extras into .venv, run the default suite, then the vLLM tier
+#   make test    install the dev extras into .venv, run the default suite, the vLLM tier, then make demo-quick
 # Re-running is cheap: installs are skipped while pyproject.toml is unchanged (stamp files in .venv).
 
 PYTHON ?= python3
@@ -16,7 +16,7 @@ export DS_BUILD_OPS ?= 0
 # The demo's Makefile and the tests find `stepdpo` and `python` in the venv.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help install install-dev test test-default test-vllm demo demo-quick clean-venv
+.PHONY: help install install-dev test test-default test-vllm test-demo demo demo-quick clean-venv
 
 help:
 	@sed -n '2,4p' Makefile | sed 's/^# *//'
@@ -37,8 +37,13 @@ install: $(VENV)/.stamp-install
 
 install-dev: $(VENV)/.stamp-dev
 
-# The default suite, then the vLLM tier (its own venv, built by scripts/test-vllm.sh).
-test: test-default test-vllm
+# The default suite, the vLLM tier (its own venv, built by scripts/test-vllm.sh), then the small demo with its
+# check (every stage wrote records, every trained model loads and generates).
+test: test-default test-vllm test-demo
+
+test-demo: install
+	rm -rf examples/arith/work-quick
+	$(MAKE) -C examples/arith demo-quick
 
 test-default: install-dev
 	$(PY) -m pytest --durations=10 $(PYTEST_ARGS)

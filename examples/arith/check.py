@@ -24,7 +24,8 @@ def main() -> int:
     parser.add_argument("--models", required=True, help="space-separated model names under WORK/models")
     args = parser.parse_args()
     problems = []
-    variants = sorted({m.rsplit("-s", 1)[0] for m in args.models.split()})
+    # The control trains on the Step-DPO rows; every other variant has its own pair file.
+    variants = sorted({"stepdpo" if v == "control" else v for v in (m.rsplit("-s", 1)[0] for m in args.models.split())})
     for name in STAGE_FILES + [f"pairs_{v}.jsonl" for v in variants]:
         path = os.path.join(args.work, name)
         count = count_records(path) if os.path.exists(path) else 0

@@ -15,7 +15,10 @@ from collections import defaultdict
 
 LABELS = {"sft": "SFT (shipped checkpoint)", "stepdpo": "Step-DPO (self-generated chosen step)",
           "dpo": "DPO (whole solutions, same material)", "ood": "Step-DPO, OOD chosen step (verifier rewrite)",
-          "control": "SFT on corrected solutions (no preference term)"}
+          "control": "SFT on the Step-DPO rows' chosen steps (no preference term)"}
+# The control trains on the Step-DPO rows; every other variant on its own pair file.
+PAIR_FILES = {"stepdpo": "pairs_stepdpo.jsonl", "dpo": "pairs_dpo.jsonl", "ood": "pairs_ood.jsonl",
+              "control": "pairs_stepdpo.jsonl"}
 
 
 def read_jsonl(path: str) -> list[dict]:
@@ -170,13 +173,17 @@ def main() -> int:
         out.append(f"| {LABELS.get(variant, variant)} | {len(rows)} | "
                    f"{pct(statistics.fmean(r[0] for r in rows))} | {pct(statistics.fmean(r[1] for r in rows))} |")
 
-    # ---- SFT accuracy by chain length: where the errors come from
+    # ---- accuracy by chain length: where the errors come from, and where a method moves them
     sft_summary = read_json(os.path.join(work, "eval", "sft-greedy.json"))
-    levels = (sft_summary or {}).get("by", {}).get("level", {})
+    levels = list((sft_summary or {}).get("by", {}).get("level", {}))
     if levels:
-        out += ["", "SFT greedy accuracy by chain length (number of operations):", "",
-                "| steps | " + " | ".join(levels) + " |", "|---|" + "---|" * len(levels),
-                "| acc | " + " | ".join(pct(v["accuracy"]) for v in levels.values()) + " |"]
+        out += ["", "Greedy accuracy by chain length (number of operations):", "",
+                "| model | " + " | ".join(levels) + " |", "|---|" + "---|" * len(levels)]
+        for model in models:
+            summary = read_json(os.path.join(work, "eval", f"{model}-greedy.json")) or {}
+            by_level = summary.get("by", {}).get("level", {})
+            out.append(f"| {model} | " + " | ".join(pct(by_level[lv]["accuracy"]) if lv in by_level else "-"
+                                                    for lv in levels) + " |")
 
     # ---- data
     samples = read_jsonl(os.path.join(work, "samples.jsonl"))
@@ -193,18 +200,38 @@ def main() -> int:
         for r in located:
             ks[r["first_error_step"]] += 1
         out.append("- first error step histogram: " + ", ".join(f"{k}: {ks[k]}" for k in sorted(ks)))
-    out.append(f"- records with at least one verified winning step after rectify: {len(with_winner)}")
-    out.append("- pairs: " + ", ".join(f"{v}: {len(read_jsonl(os.path.join(work, f'pairs_{v}.jsonl')))}"
-                                       for v in ("stepdpo", "dpo", "ood", "control")))
+    settings = next((r["rectify"]["settings"] for r in rectified if "n" in r.get("rectify", {})), {})
+    sampled = sum(r["rectify"].get("n", 0) for r in rectified)
+    reached = sum(r["rectify"].get("correct", 0) for r in rectified)
+    candidates = [c for r in rectified for c in r.get("candidates", [])]
+    out.append(f"- rectify (accept = {settings.get('accept', 'answer')}): {reached} of {sampled} continuations "
+               f"reach the answer; {len(candidates)} candidates kept "
+               f"({sum(1 for c in candidates if c.get('reaches_answer', True))} of them reach the answer); "
+               f"records with at least one verified winning step: {len(with_winner)}")
+    pair_rows = {v: read_jsonl(os.path.join(work, f)) for v, f in PAIR_FILES.items() if v != "control"}
+    out.append("- pairs: " + ", ".join(f"{v}: {len(rows)}" for v, rows in pair_rows.items())
+               + " (the control trains on the stepdpo rows)")
+    lengths = sorted({r.get("num_steps") for rows in pair_rows.values() for r in rows} - {None})
+    if lengths:
+        out += ["", "Pairs by chain length of their problem (operations):", "",
+                "| pairs | " + " | ".join(str(n) for n in lengths) + " |", "|---|" + "---|" * len(lengths)]
+        for v, rows in pair_rows.items():
+            counts = defaultdict(int)
+            for r in rows:
+                counts[r.get("num_steps")] += 1
+            out.append(f"| {v} | " + " | ".join(str(counts[n]) for n in lengths) + " |")
+        out.append("")
     rollout = read_jsonl(os.path.join(work, "localized_rollout.jsonl"))
     if rollout:
         truth = {r["id"]: r.get("first_error_step") for r in localized}
         both = [r for r in rollout if r["id"] in truth]
-        agree = sum(1 for r in both if r.get("first_error_step") == truth[r["id"]])
+        decided = [r for r in both if r.get("localize_status") != "undecided"]
+        agree = sum(1 for r in decided if r.get("first_error_step") == truth[r["id"]])
         spent = sum(int(r.get("rollouts_spent") or 0) for r in rollout)
-        out.append(f"- rollout localizer (second run, {len(rollout)} solutions, binary search): agrees with "
-                   f"the verifier on {agree} of {len(both)} ({pct(agree / max(1, len(both)))}%); "
-                   f"{spent} rollouts spent")
+        out.append(f"- rollout localizer (second run, {len(rollout)} solutions, binary search): "
+                   f"{len(both) - len(decided)} undecided (the policy never solved the problem from scratch); "
+                   f"agrees with the verifier on {agree} of the {len(decided)} decided "
+                   f"({pct(agree / max(1, len(decided)))}%); {spent} rollouts spent")
 
     # ---- training
     out += ["", "## Preference training", "",
