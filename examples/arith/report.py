@@ -16,9 +16,8 @@ from collections import defaultdict
 LABELS = {"sft": "SFT (shipped checkpoint)", "stepdpo": "Step-DPO (self-generated chosen step)",
           "dpo": "DPO (whole solutions, same material)", "ood": "Step-DPO, OOD chosen step (verifier rewrite)",
           "control": "SFT on the Step-DPO rows' chosen steps (no preference term)"}
-# The control trains on the Step-DPO rows; every other variant on its own pair file.
-PAIR_FILES = {"stepdpo": "pairs_stepdpo.jsonl", "dpo": "pairs_dpo.jsonl", "ood": "pairs_ood.jsonl",
-              "control": "pairs_stepdpo.jsonl"}
+# Pair files by variant; the control trains on the Step-DPO rows and has none of its own.
+PAIR_VARIANTS = ("stepdpo", "dpo", "ood")
 
 
 def read_jsonl(path: str) -> list[dict]:
@@ -208,7 +207,7 @@ def main() -> int:
                f"reach the answer; {len(candidates)} candidates kept "
                f"({sum(1 for c in candidates if c.get('reaches_answer', True))} of them reach the answer); "
                f"records with at least one verified winning step: {len(with_winner)}")
-    pair_rows = {v: read_jsonl(os.path.join(work, f)) for v, f in PAIR_FILES.items() if v != "control"}
+    pair_rows = {v: read_jsonl(os.path.join(work, f"pairs_{v}.jsonl")) for v in PAIR_VARIANTS}
     out.append("- pairs: " + ", ".join(f"{v}: {len(rows)}" for v, rows in pair_rows.items())
                + " (the control trains on the stepdpo rows)")
     lengths = sorted({r.get("num_steps") for rows in pair_rows.values() for r in rows} - {None})

@@ -163,13 +163,13 @@ def with_step_end(step: str, full: Any) -> str:
     the final "." alone, for chosen and rejected alike). With `full_chosen`/`full_rejected` we know the newline
     follows and keep it; a final step (full == step) or a row without them is left as it is.
     """
-    if isinstance(full, str) and len(full) > len(step) and full.startswith(step) and full[len(step)] == "\n":
+    if continues(step, full) and full[len(step)] == "\n":
         return step + "\n"
     return step
 
 
-def _continues(step: str, full: Any) -> bool:
-    """`full` (full_chosen) goes on past `step`: the step is not the end of a solution, so no EOS after it."""
+def continues(step: str, full: Any) -> bool:
+    """`full` (full_chosen / full_rejected) goes on past `step`: the step does not end the solution."""
     return isinstance(full, str) and len(full.strip()) > len(step.strip()) and full.startswith(step)
 
 
@@ -190,7 +190,7 @@ def encode_rows(rows: Iterable[dict], tokenizer: Any, template: str, objective: 
             completion = _text_field(row, COMPLETION_ALIASES, required=False)
             if completion is None:  # a preference row: its chosen step, ending as the step-dpo trainer ends it
                 completion = with_step_end(row["chosen"], row.get("full_chosen"))
-                row_eos = not _continues(row["chosen"], row.get("full_chosen"))
+                row_eos = not continues(row["chosen"], row.get("full_chosen"))
             texts = [_strip_intro(completion, steps_given)]
         else:
             texts = [_strip_intro(row["chosen"], steps_given), _strip_intro(row["rejected"], steps_given)]
