@@ -4,16 +4,19 @@ Every loader yields problem records ``{id, problem, answer, dataset, subject?, l
 read like any problems.jsonl. Sources are `datasets.load_dataset` hub ids, or local copies in the same
 shape (a directory, a .jsonl/.json/.parquet/.csv file, or a `save_to_disk` folder); the shape of a local
 file is recognised from its columns, so `--dataset path/to/gsm8k_test.parquet` works offline.
+
+`iter_rows` reads `train --data` the same ways (hub id + split, save_to_disk folder, parquet/json/csv, JSONL),
+validating each row like a JSONL line.
 """
 from __future__ import annotations
 
 import itertools
 import os
 import re
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from .grading import extract_answer
-from .records import InputError, normalize_problem
+from .records import InputError, ReadStats, iter_jsonl, normalize_problem
 
 HUB_SOURCES = {
     "gsm8k": ("openai/gsm8k", ["main"]),
@@ -64,22 +67,26 @@ def _load_local(path: str, split: str) -> Any:
             import datasets
 
             loaded = datasets.load_from_disk(path)
-            return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+            if isinstance(loaded, datasets.DatasetDict):
+                if split not in loaded:
+                    raise InputError(f"no split {split!r} (has {', '.join(loaded)})", source=path)
+                return loaded[split]
+            return loaded
         return _load_dataset(path, None, split)
     extension = next((e for e in _FILE_BUILDERS if path.endswith(e) or path.endswith(e + ".gz")), None)
     if extension is None:
-        raise InputError("unsupported file type (use .jsonl, .json, .parquet or .csv)", source=path, field="--dataset")
+        raise InputError("unsupported file type (use .jsonl, .json, .parquet or .csv)", source=path)
     return _load_dataset(_FILE_BUILDERS[extension], None, "train", data_files=path)
 
 
-def _load(loader: Any, source: str) -> Any:
+def _load(loader: Any, source: str, option: str = "--dataset") -> Any:
     try:
         return loader()
     except InputError:
         raise
     except (FileNotFoundError, ValueError, ConnectionError, OSError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"cannot load dataset: {message}", source=source, field="--dataset") from None
+        raise InputError(f"cannot load dataset: {message}", source=source, field=option) from None
 
 
 def _name_from_path(path: str) -> str:
@@ -135,3 +142,70 @@ def _convert(rows: Iterable[dict], name: str, split: str, config: str | None) ->
             yield normalize_problem(record)
         except InputError as exc:
             raise InputError(exc.message, source=name, line=index + 1, field=exc.field) from None
+
+
+# ---------------------------------------------------------------------------------------------- training rows
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,95}")
+
+
+def is_jsonl_source(data: str) -> bool:
+    """`train --data` values read line by line (line numbers in errors): stdin and .jsonl(.gz) files."""
+    return data == "-" or data.endswith((".jsonl", ".jsonl.gz", ".ndjson"))
+
+
+def load_rows(data: str, split: str = "train") -> Any:
+    """A `datasets.Dataset` for `data`: a save_to_disk folder, a .parquet/.json/.csv file, a data directory or a
+    hub dataset id (through the datasets cache; HF_HUB_OFFLINE=1 uses only what is cached). One clear
+    InputError (exit 2) when it cannot be loaded."""
+    if os.path.exists(data):
+        return _load(lambda: _load_local(data, split), data, "--data")
+    if not _HUB_ID.fullmatch(data):
+        raise InputError("no such file, folder or hub dataset id (owner/name)", source=data, field="--data")
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on") or \
+        os.environ.get("HF_DATASETS_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    try:
+        return _load_dataset(data, None, split)
+    except Exception as exc:  # noqa: BLE001 - datasets raises many types; each becomes one line, exit 2
+        if offline:
+            raise InputError(f"hub dataset not in the local cache and HF_HUB_OFFLINE=1 (split {split!r}); "
+                             "run once online or pass a local copy (save_to_disk folder, parquet, jsonl)",
+                             source=data, field="--data") from None
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"cannot load hub dataset (split {split!r}): {message}", source=data,
+                         field="--data") from None
+
+
+def iter_rows(data: str, *, split: str = "train", validate: Callable[[dict], dict] | None = None,
+              skip_invalid: bool = False, stats: ReadStats | None = None,
+              log: Callable[[str], None] | None = None) -> Iterator[dict]:
+    """Training rows from any `--data` source, each passed through `validate` as `records.iter_jsonl` does.
+
+    JSONL (and stdin) go through iter_jsonl itself (errors name the line); other sources are loaded with
+    `datasets` and their errors name the dataset, the 0-based row index and the field.
+    """
+    if is_jsonl_source(data):
+        yield from iter_jsonl(data, skip_invalid=skip_invalid, stats=stats, validate=validate, log=log)
+        return
+    stats = stats if stats is not None else ReadStats()
+    table = load_rows(data, split)
+    name = data if os.path.exists(data) or split == "train" else f"{data}[{split}]"
+    # CSV cannot tell an empty cell from a missing one and reads both as null; Math-Step-DPO-10K's empty
+    # `rejected` strings must stay empty strings (skipped with a warning), not become "missing" errors.
+    csv = data.endswith((".csv", ".csv.gz"))
+    for index, row in enumerate(table):
+        try:
+            record = {k: "" if v is None else v for k, v in row.items()} if csv else dict(row)
+            if validate is not None:
+                record = validate(record)
+        except InputError as exc:
+            error = InputError(exc.message, source=f"{name} row {index}", field=exc.field)
+            if not skip_invalid:
+                raise error from None
+            stats.invalid += 1
+            stats.errors.append(str(error))
+            if log is not None:
+                log(f"skipped invalid record: {error}")
+            continue
+        stats.read += 1
+        yield record
