@@ -9,13 +9,31 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-console = Console(stderr=True, highlight=False)
+# soft_wrap: a message is one line however long (a log file or pipe gets whole records, not 80 columns).
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 _quiet = False
+
+# What libraries read at import to decide on progress bars and chatter (tqdm, huggingface_hub, transformers,
+# datasets, DeepSpeed): set before they are imported, and inherited by `accelerate launch` children.
+_QUIET_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error",
+              "DATASETS_VERBOSITY": "error", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+              "DS_LOG_LEVEL": "error", "PYTHONWARNINGS": "ignore"}
 
 
 def set_quiet(quiet: bool) -> None:
+    """-q: no progress, summaries or library warnings; errors still print."""
     global _quiet
     _quiet = quiet
+    if not quiet:
+        return
+    import logging
+    import os
+    import warnings
+
+    for key, value in _QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)  # loggers set their own levels at import (DeepSpeed's INFO banner)
 
 
 def log(message: str) -> None:

@@ -8,10 +8,14 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import itertools
 import os
+import re
+import stat
 import sys
+import zlib
 from dataclasses import dataclass, field
-from typing import IO, Any, Iterable, Iterator
+from typing import IO, Any, Callable, Iterable, Iterator
 
 import orjson
 
@@ -23,12 +27,12 @@ class InputError(Exception):
 
     def __init__(self, message: str, *, source: str = "", line: int | None = None, field: str | None = None):
         self.source, self.line, self.field, self.message = source, line, field, message
-        where = source or "<input>"
-        if line is not None:
-            where += f":{line}"
+        parts = []
+        if source or line is not None:  # an option error has neither: `field '--keep': ...`
+            parts.append((source or "<input>") + (f":{line}" if line is not None else ""))
         if field:
-            where += f": field '{field}'"
-        super().__init__(f"{where}: {message}")
+            parts.append(f"field '{field}'")
+        super().__init__(": ".join([*parts, message]))
 
 
 @dataclass
@@ -39,36 +43,82 @@ class ReadStats:
     errors: list[str] = field(default_factory=list)
 
 
-def _open_text(path: str | None) -> tuple[IO[bytes], str]:
+DEFAULT_MAX_LINE_BYTES = 1 << 20  # 1 MiB: far above any real record, far below what can exhaust memory
+_KEY_BEFORE_STRING = re.compile(rb'"([A-Za-z_][A-Za-z0-9_]{0,63})"\s*:\s*"')
+
+
+def check_input(path: str | None) -> None:
+    """Fail (exit 2) now, before any output is opened, if `path` cannot be read."""
     if path is None or path == "-":
-        return sys.stdin.buffer, "<stdin>"
+        return
     if not os.path.exists(path):
         raise InputError("no such file", source=path)
     try:
-        raw: IO[bytes] = open(path, "rb")
+        with open(path, "rb"):
+            pass
     except OSError as exc:  # a directory, no permission: the user's input, not our failure
         raise InputError(f"cannot read: {exc.strerror or exc}", source=path) from None
+
+
+def _open_text(path: str | None) -> tuple[IO[bytes], str]:
+    if path is None or path == "-":
+        return sys.stdin.buffer, "<stdin>"
+    check_input(path)
+    raw: IO[bytes] = open(path, "rb")
     if path.endswith(".gz"):
         raw = gzip.open(raw, "rb")  # type: ignore[assignment]
     return raw, path
 
 
+def _bounded_lines(handle: IO[bytes], limit: int) -> Iterator[bytes | int]:
+    """Lines of at most `limit` bytes (newline excluded); a longer line yields its length instead (read and
+    dropped in chunks, so a 10 GB line costs no more memory than a short one)."""
+    while True:
+        line = handle.readline(limit + 1)
+        if not line:
+            return
+        if len(line) <= limit or line.endswith(b"\n"):
+            yield line
+            continue
+        size, head = len(line), line[:4096]
+        while not line.endswith(b"\n"):
+            line = handle.readline(1 << 20)
+            if not line:
+                break
+            size += len(line)
+        yield head, size  # type: ignore[misc]
+
+
+def _long_line_error(head: bytes, size: int, limit: int) -> InputError:
+    # The field whose string value runs past the limit is almost always the last key that opens a string.
+    keys = _KEY_BEFORE_STRING.findall(head)
+    return InputError(f"line is {size} bytes, over the limit of {limit} (raise it with --max-line-bytes)",
+                      field=keys[-1].decode() if keys else None)
+
+
 def iter_jsonl(path: str | None = None, *, skip_invalid: bool = False, stats: ReadStats | None = None,
-               validate: Any = None, log: Any = None) -> Iterator[dict]:
+               validate: Any = None, log: Any = None, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+               unique_ids: bool = True) -> Iterator[dict]:
     """Yield the JSON objects of a JSONL file (or stdin; `.gz` works), one per non-blank line.
 
     `validate(record) -> record` may raise InputError(field=...); the line number and source are filled in.
     With `skip_invalid`, bad lines are counted in `stats` and reported through `log` instead of raising.
+    A line longer than `max_line_bytes` is refused before it is parsed (memory stays bounded), and with
+    `unique_ids` a second record with an `id` already seen is refused naming both lines (resume keys on ids).
     """
     stats = stats if stats is not None else ReadStats()
     handle, source = _open_text(path)
+    seen: dict[str, int] = {}
+    number = 0
     try:
-        for number, line in enumerate(handle, start=1):
-            if number == 1 and line.startswith(b"\xef\xbb\xbf"):
-                line = line[3:]  # a UTF-8 byte-order mark (editors on Windows write one)
-            if not line.strip():
-                continue
+        for number, line in enumerate(_bounded_lines(handle, max_line_bytes), start=1):
             try:
+                if isinstance(line, tuple):
+                    raise _long_line_error(line[0], line[1], max_line_bytes)
+                if number == 1 and line.startswith(b"\xef\xbb\xbf"):
+                    line = line[3:]  # a UTF-8 byte-order mark (editors on Windows write one)
+                if not line.strip():
+                    continue
                 try:
                     record = orjson.loads(line)
                 except orjson.JSONDecodeError as exc:
@@ -77,6 +127,11 @@ def iter_jsonl(path: str | None = None, *, skip_invalid: bool = False, stats: Re
                     raise InputError(f"expected a JSON object, got {type(record).__name__}")
                 if validate is not None:
                     record = validate(record)
+                if unique_ids and record.get("id") is not None:
+                    key = str(record["id"])
+                    if key in seen:
+                        raise InputError(f"duplicate id {key!r}, first on line {seen[key]}", field="id")
+                    seen[key] = number
             except InputError as exc:
                 error = InputError(exc.message, source=source, line=number, field=exc.field)
                 if not skip_invalid:
@@ -88,7 +143,10 @@ def iter_jsonl(path: str | None = None, *, skip_invalid: bool = False, stats: Re
                 continue
             stats.read += 1
             yield record
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        last = f"; the last good line is {number}" if number else "; no complete line"
+        raise InputError(f"cannot read: truncated or corrupt gzip ({exc}){last}", source=source) from None
+    except OSError as exc:
         raise InputError(f"cannot read: {exc}", source=source) from None
     finally:
         if handle is not sys.stdin.buffer:
@@ -99,74 +157,166 @@ def dumps(record: dict) -> bytes:
     return orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
 
 
-class RecordWriter:
-    """Writes JSONL to stdout or a file, flushing after every record (or group of records).
+def partial_path(path: str) -> str:
+    """Where a run writes before its output is complete (renamed over `path` at the end or on interrupt)."""
+    return path + ".partial"
 
-    An interrupted run leaves every finished line intact. With `resume`, an existing file is kept:
-    a torn last line is cut off and the ids already present are exposed as `done_ids`.
+
+def refuse_overwriting_input(input: str | None, output: str | None) -> None:
+    """-o must not be the input, whether the input is named by -i or arrives by stdin redirection."""
+    if output in (None, "-"):
+        return
+    try:
+        out = os.stat(output)
+    except OSError:
+        return
+    if input in (None, "-"):
+        try:
+            inp = os.fstat(sys.stdin.fileno())
+        except (OSError, ValueError):
+            return
+        if not stat.S_ISREG(inp.st_mode):
+            return
+    else:
+        try:
+            inp = os.stat(input)
+        except OSError:
+            return
+    if (inp.st_dev, inp.st_ino) == (out.st_dev, out.st_ino):
+        raise InputError("is the same file as the input; write to another file", source=output, field="--output")
+
+
+class RecordWriter:
+    """Writes JSONL (gzip for `.gz`) to stdout or a file, one write per record or group of records.
+
+    A fresh run writes to `{path}.partial` and renames it over `path` in `close()`, so a run that fails
+    before finishing anything leaves an existing `path` as it was; one that finished records keeps them
+    (interrupt, full disk) for `--resume`. With `resume`, a `.partial` left by a killed run is adopted, then
+    the output is appended to: a torn last line is cut off, and with `group_key` (the input a record came from,
+    for stages that write several records per input) the last input's records are cut too, since the run may
+    have died before all of them were written. The ids left are `done_ids`.
     """
 
-    def __init__(self, path: str | None = None, *, resume: bool = False):
+    def __init__(self, path: str | None = None, *, resume: bool = False,
+                 group_key: Callable[[dict], Any] | None = None):
         self.path = None if path in (None, "-") else path
         self.done_ids: set[str] = set()
         self.written = 0
+        self.adopted_partial = False
+        self._temp: str | None = None
+        self._raw: IO[bytes] | None = None
         if self.path is None:
             self._handle: IO[bytes] = sys.stdout.buffer
             return
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        if resume and os.path.exists(self.path):
-            self.done_ids = _repair_and_collect_ids(self.path)
-            self._handle = open(self.path, "ab")
+        compressed = self.path.endswith(".gz")
+        if resume:
+            if os.path.exists(partial_path(self.path)):
+                os.replace(partial_path(self.path), self.path)
+                self.adopted_partial = True
+            if os.path.exists(self.path):
+                self.done_ids = _repair_and_collect_ids(self.path, group_key)
+            self._raw = open(self.path, "ab", buffering=0)
         else:
-            self._handle = open(self.path, "wb")
+            self._temp = partial_path(self.path)
+            self._raw = open(self._temp, "wb", buffering=0)
+        self._size = self._raw.seek(0, os.SEEK_END)
+        # mtime=0: the same records give the same bytes. Each record is sync-flushed, so a killed run's
+        # file decompresses up to its last whole line.
+        self._handle = gzip.GzipFile(fileobj=self._raw, mode="ab", mtime=0) if compressed else self._raw
 
     def write(self, record: dict) -> None:
         self.write_many([record])
 
     def write_many(self, records: Iterable[dict]) -> None:
-        """One write call for a group (e.g. all samples of one problem), so a kill never splits it."""
+        """One write for a group (e.g. all samples of one problem). If the disk fills part-way, the file is cut
+        back to before the group, so no input is ever half on disk."""
         data = b"".join(dumps(r) for r in records)
         if not data:
             return
-        self._handle.write(data)
-        self._handle.flush()
+        if self._raw is None:
+            self._handle.write(data)
+            self._handle.flush()
+        elif isinstance(self._handle, gzip.GzipFile):
+            self._handle.write(data)
+            self._handle.flush()
+        else:
+            view = memoryview(data)
+            try:
+                while view:  # an unbuffered write may be partial
+                    view = view[self._raw.write(view):]
+            except OSError:
+                try:
+                    os.ftruncate(self._raw.fileno(), self._size)
+                except OSError:
+                    pass
+                raise
+            self._size += len(data)
         self.written += data.count(b"\n")
 
-    def close(self) -> None:
-        if self.path is not None and not self._handle.closed:
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
-            self._handle.close()
+    def close(self, *, keep: bool = True) -> None:
+        """Finish the file. A fresh run's `.partial` replaces `path` when `keep`, else it is removed."""
+        if self._raw is None or self._raw.closed:
+            return
+        try:
+            if isinstance(self._handle, gzip.GzipFile):
+                self._handle.close()
+            os.fsync(self._raw.fileno())
+        finally:
+            self._raw.close()
+            if self._temp is not None:
+                if keep:
+                    os.replace(self._temp, self.path)  # type: ignore[arg-type]
+                else:
+                    os.unlink(self._temp)
 
     def __enter__(self) -> "RecordWriter":
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.close(keep=exc_type is None or self.written > 0)
 
 
-def _repair_and_collect_ids(path: str) -> set[str]:
-    """Cut a torn (unterminated or unparsable) last line and return the ids of the complete lines."""
-    ids: set[str] = set()
-    good_end = 0
-    with open(path, "rb") as handle:
-        offset = 0
-        for line in handle:
-            end = offset + len(line)
-            if not line.endswith(b"\n"):
-                break
-            try:
-                record = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                break
-            if isinstance(record, dict) and "id" in record:
-                ids.add(str(record["id"]))
-            good_end = end
-            offset = end
-    if good_end != os.path.getsize(path):
+def _complete_lines(path: str) -> Iterator[tuple[int, bytes]]:
+    """(end offset, line) for each whole line; stops at a torn or unparsable line (or a truncated gzip)."""
+    opener = gzip.open if path.endswith(".gz") else open
+    offset = 0
+    with opener(path, "rb") as handle:
+        try:
+            for line in handle:
+                if not line.endswith(b"\n"):
+                    return
+                try:
+                    orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    return
+                offset += len(line)
+                yield offset, line
+        except (EOFError, gzip.BadGzipFile, zlib.error):
+            return
+
+
+def _repair_and_collect_ids(path: str, group_key: Callable[[dict], Any] | None = None) -> set[str]:
+    """Cut a torn last line (and, with `group_key`, the last group's lines); return the ids of what is kept."""
+    kept: list[tuple[int, str | None, Any]] = []  # (end offset, id, group)
+    for end, line in _complete_lines(path):
+        record = orjson.loads(line)
+        record = record if isinstance(record, dict) else {}
+        rid = str(record["id"]) if record.get("id") is not None else None
+        kept.append((end, rid, group_key(record) if group_key else None))
+    if group_key is not None and kept and kept[-1][2] is not None:
+        last = kept[-1][2]
+        while kept and kept[-1][2] == last:
+            kept.pop()
+    good_end = kept[-1][0] if kept else 0
+    if path.endswith(".gz"):
+        # Rewrite the kept lines as one clean member; appends then add members after it.
+        lines = [line for _, line in itertools.islice(_complete_lines(path), len(kept))]
+        atomic_write_bytes(path, gzip.compress(b"".join(lines), mtime=0))
+    elif good_end != os.path.getsize(path):
         with open(path, "r+b") as handle:
             handle.truncate(good_end)
-    return ids
+    return {rid for _, rid, _ in kept if rid is not None}
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:

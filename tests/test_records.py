@@ -15,9 +15,11 @@ from stepdpo_cli.records import (
     RecordWriter,
     atomic_write_json,
     derive_seed,
+    dumps,
     ensure_id,
     iter_jsonl,
     normalize_problem,
+    partial_path,
     require_fields,
 )
 
@@ -169,10 +171,12 @@ def test_each_record_is_on_disk_as_soon_as_it_is_written(tmp_path):
     out = str(tmp_path / "sub" / "out.jsonl")  # parent folders are created
     writer = RecordWriter(out)
     writer.write({"id": "a"})
-    assert read_records(out) == [{"id": "a"}]  # before close
+    assert read_records(partial_path(out)) == [{"id": "a"}]  # before close, in OUT.partial
     writer.write_many([{"id": "b", "i": 0}, {"id": "b", "i": 1}])
-    assert len(read_records(out)) == 3 and writer.written == 3
+    assert len(read_records(partial_path(out))) == 3 and writer.written == 3
+    assert not os.path.exists(out)
     writer.close()
+    assert len(read_records(out)) == 3 and not os.path.exists(partial_path(out))
 
 
 KILLED_WRITER = r"""
@@ -195,9 +199,12 @@ def test_a_killed_writer_leaves_every_finished_group_intact(tmp_path):
     finally:
         proc.kill()
         proc.wait()
-    records = read_records(out)  # would raise on a torn line
+    records = read_records(partial_path(out))  # would raise on a torn line
     assert len(records) >= 80 and len(records) % 4 == 0  # groups are never split
     assert [r["id"] for r in records[::4]] == [str(i) for i in range(len(records) // 4)]
+    with RecordWriter(out, resume=True) as writer:  # --resume adopts the killed run's .partial
+        assert writer.adopted_partial and writer.done_ids == {r["id"] for r in records}
+    assert read_records(out) == records
 
 
 def test_resume_repairs_a_torn_last_line_and_reports_done_ids(tmp_path):
@@ -267,3 +274,100 @@ def test_a_byte_order_mark_and_crlf_line_ends_are_accepted(tmp_path):
 def test_a_directory_as_input_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match="cannot read"):
         list(iter_jsonl(str(tmp_path)))
+
+
+# ---------------------------------------------------------------------------------------------- issue 11: limits, ids, groups
+
+def test_an_over_long_line_is_refused_before_it_is_parsed(tmp_path):
+    path = tmp_path / "big.jsonl"
+    path.write_bytes(b'{"id": "a", "problem": "1+1", "answer": 2}\n'
+                     + b'{"id": "b", "problem": "' + b"x" * (3 << 20) + b'", "answer": 1}\n'
+                     + b'{"id": "c", "problem": "2+2", "answer": 4}\n')
+    with pytest.raises(InputError) as info:
+        list(iter_jsonl(str(path)))
+    assert str(info.value).startswith(f"{path}:2: field 'problem': line is ")
+    assert "--max-line-bytes" in str(info.value)
+    stats = ReadStats()  # --skip-invalid drops the line and reads on
+    assert [r["id"] for r in iter_jsonl(str(path), skip_invalid=True, stats=stats)] == ["a", "c"]
+    assert stats.invalid == 1
+    assert len(list(iter_jsonl(str(path), max_line_bytes=4 << 20))) == 3  # the limit can be raised
+
+
+def test_a_line_at_the_limit_is_read_and_one_byte_more_is_not(tmp_path):
+    line = b'{"id": "a", "t": "' + b"x" * 100 + b'"}'
+    path = tmp_path / "edge.jsonl"
+    path.write_bytes(line + b"\n")
+    assert len(list(iter_jsonl(str(path), max_line_bytes=len(line)))) == 1
+    with pytest.raises(InputError, match="over the limit"):
+        list(iter_jsonl(str(path), max_line_bytes=len(line) - 1))
+
+
+def test_duplicate_ids_name_both_lines_or_skip_the_later(tmp_path):
+    path = write_lines(tmp_path / "dup.jsonl", ['{"id": "a", "v": 1}', '{"id": "b"}', '{"id": "a", "v": 2}'])
+    with pytest.raises(InputError) as info:
+        list(iter_jsonl(path))
+    assert str(info.value) == f"{path}:3: field 'id': duplicate id 'a', first on line 1"
+    assert [r.get("v") for r in iter_jsonl(path, skip_invalid=True)] == [1, None]
+
+
+def test_option_errors_have_no_input_prefix():
+    assert str(InputError("choose one of all, wrong", field="--keep")) == "field '--keep': choose one of all, wrong"
+    assert str(InputError("bad", source="f.jsonl", line=3, field="id")) == "f.jsonl:3: field 'id': bad"
+
+
+def test_resume_redoes_the_last_group_whole(tmp_path):
+    """A stage that writes several records per input: the last input's records may be incomplete (a full disk
+    or a kill between them), so resume cuts them along with a torn line and redoes that input."""
+    out = tmp_path / "out.jsonl"
+    lines = [orjson.dumps({"id": f"{p}/s{j}", "problem_id": p}).decode() for p in ("p0", "p1") for j in range(2)]
+    out.write_text("\n".join(lines[:3]) + "\n" + lines[3][:9])  # p1's second sample torn
+    with RecordWriter(str(out), resume=True, group_key=lambda r: r.get("problem_id")) as writer:
+        assert writer.done_ids == {"p0/s0", "p0/s1"}
+    assert out.read_text() == "\n".join(lines[:2]) + "\n"
+
+
+def test_a_write_error_cuts_the_file_back_to_before_the_group(tmp_path):
+    import resource
+
+    out = str(tmp_path / "out.jsonl")
+    first = dumps({"id": "a", "text": "x" * 100})
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    writer = RecordWriter(out)
+    writer.write_many([{"id": "a", "text": "x" * 100}])
+    resource.setrlimit(resource.RLIMIT_FSIZE, (len(first) + 50, hard))  # the disk fills 50 bytes later
+    try:
+        with pytest.raises(OSError):
+            writer.write_many([{"id": "b", "text": "y" * 100}, {"id": "c"}])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    writer.close()
+    assert open(out, "rb").read() == first
+
+
+def test_gzip_output_and_a_truncated_gzip_names_the_last_good_line(tmp_path):
+    out = str(tmp_path / "out.jsonl.gz")
+    with RecordWriter(out) as writer:
+        for i in range(50):
+            writer.write({"id": str(i), "text": f"record {i}"})
+    assert [r["id"] for r in iter_jsonl(out)] == [str(i) for i in range(50)]
+    data = open(out, "rb").read()
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(data[: len(data) - 30])  # sync-flushed per record: whole lines survive the cut
+    with pytest.raises(InputError, match=r"cut\.jsonl\.gz: cannot read: truncated .*the last good line is \d+"):
+        list(iter_jsonl(str(cut)))
+    # resume on a truncated .gz keeps what decompresses and appends after it
+    with RecordWriter(str(cut), resume=True) as writer:
+        kept = len(writer.done_ids)
+        assert 40 <= kept < 50
+        for i in range(kept, 50):
+            writer.write({"id": str(i), "text": f"record {i}"})
+    assert list(iter_jsonl(str(cut))) == list(iter_jsonl(out))
+
+
+def test_a_failed_fresh_run_leaves_the_old_output_alone(tmp_path):
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"id": "old"}\n')
+    with pytest.raises(RuntimeError):
+        with RecordWriter(str(out)):
+            raise RuntimeError("model failed to load")
+    assert out.read_text() == '{"id": "old"}\n' and not os.path.exists(partial_path(str(out)))
