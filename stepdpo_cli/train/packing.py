@@ -1,0 +1,436 @@
+"""Padding-free packing: several pairs per row, each pair's chosen and rejected attending to their own prefix only.
+
+A row is a run of documents ``[prefix | chosen | rejected]`` (SFT: ``[prefix | completion]``) laid end to end,
+filled up to a token budget (`--max-tokens-per-batch`), with no padding. Positions restart at 0 for every
+pair, and rejected's positions restart where chosen's started, so each continuation sees exactly the ids and
+positions of its own unpacked sequence. Attention is restricted per document by an attention function
+registered with transformers (`ATTENTION`), which gets the row layout as a keyword argument of the model call:
+
+- on CUDA with torch >= 2.5: FlexAttention with a `BlockMask` (block-sparse: fully masked blocks are skipped);
+- elsewhere (CPU: FlexAttention has no backward there in torch 2.13): one SDPA call per document part
+  (prefix + chosen causal; rejected against prefix + rejected), each on its own keys, so no (L, L) mask exists
+  and memory grows linearly with the row length.
+
+Sliding windows are applied from the window each attention layer passes in (Mistral, Qwen2 sliding layers),
+on logical positions, so packed and unpacked agree. Models whose attention does not go through transformers'
+attention interface (ALiBi / 2D-mask-only: Bloom, MPT, Falcon) and models with logit soft-capping cannot use a
+custom mask: they get `separate` forwards (one row per continuation, a plain 2D padding mask, the model's own
+attention). `plan_for` chooses and says which, once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .. import log
+from .data import Example
+
+ATTENTION = "stepdpo_packed"
+LAYOUT_KWARG = "stepdpo_layout"
+SEPARATE_ONLY = ("bloom", "mpt", "falcon", "baichuan", "jais")  # ALiBi: position in the mask, not in the ids
+
+
+@dataclass
+class Plan:
+    """How batches are laid out: `dense` (data.pack's shared-prefix 4D mask, one row per pair, left-padded),
+    `packed` (this module's rows), `separate` (chosen and rejected in their own rows)."""
+    mode: str = "dense"
+    max_tokens: int = 0
+    attention: str = ""  # packed: "flex" or "sdpa-segments"
+    window: int | None = None  # the model's sliding window, if any layer has one
+    one_forward: bool = False  # DeepSpeed counts backward calls: all of a micro-step's rows in one forward
+    said: set = field(default_factory=set)
+
+
+def sliding_window(config: Any) -> int | None:
+    """The smallest sliding window any layer uses (None: all layers attend to everything)."""
+    window = getattr(config, "sliding_window", None)
+    if not window:
+        return None
+    types = getattr(config, "layer_types", None)
+    if types is not None and "sliding_attention" not in types:
+        return None  # e.g. Qwen2 with use_sliding_window off
+    return int(window)
+
+
+def packing_supported(model: Any) -> str | None:
+    """None if `model` can use the packed attention; otherwise why not."""
+    config = model.config
+    if getattr(config, "model_type", "") in SEPARATE_ONLY or getattr(config, "alibi", False):
+        return f"{config.model_type} uses ALiBi / 2D masks"
+    if not getattr(model, "_supports_attention_backend", False):
+        return f"{type(model).__name__} does not take a custom attention function"
+    if getattr(config, "attn_logit_softcapping", None) or getattr(config, "final_logit_softcapping", None) \
+            and getattr(config, "attn_logit_softcapping", None):
+        return "attention logit soft-capping"
+    return None
+
+
+def plan_for(model: Any, max_tokens: int, device: Any, *, deepspeed: bool = False) -> Plan:
+    """Choose the layout and attention for `model` (unwrapped) and say the choice once on stderr."""
+    window = sliding_window(model.config)
+    why_not = packing_supported(model)
+    if max_tokens <= 0:
+        mode = "separate" if why_not else "dense"
+        plan = Plan(mode, 0, window=window)
+        if why_not:
+            log.log(f"train: {why_not}: chosen and rejected run as separate forwards (one reference pass)")
+        return plan
+    if why_not:
+        log.log(f"train: --max-tokens-per-batch: {why_not}; packing off, chosen and rejected run as separate "
+                f"forwards")
+        return Plan("separate", max_tokens, window=window, one_forward=deepspeed)
+    flex = torch.device(device).type == "cuda" and _flex_available()
+    plan = Plan("packed", max_tokens, "flex" if flex else "sdpa-segments", window, one_forward=deepspeed)
+    use_packed_attention(model)
+    log.log(f"train: packing pairs into rows of <= {max_tokens} tokens, no padding; attention: "
+            + ("FlexAttention block mask" if flex else "one SDPA call per pair (no dense mask; FlexAttention "
+               "needs CUDA for training)") + (f"; sliding window {window}" if window else ""))
+    return plan
+
+
+def dense_needs_separate(plan: Plan | None, examples: list[Example]) -> bool:
+    """The dense shared-prefix mask replaces the model's own mask, sliding window included: a window shorter
+    than the packed sequence would be switched off, so such batches run chosen and rejected separately."""
+    if plan is None or plan.mode == "separate":
+        return plan is not None
+    if plan.window and max(e.num_tokens for e in examples) > plan.window:
+        if "window" not in plan.said:
+            plan.said.add("window")
+            log.log(f"train: sliding window {plan.window} is shorter than packed prefix + chosen + rejected: "
+                    f"those batches run chosen and rejected as separate forwards (one reference pass)")
+        return True
+    return False
+
+
+# ---------------------------------------------------------------------------------------------- rows
+
+def fill_rows(examples: list[Example], max_tokens: int) -> list[list[int]]:
+    """Indices of `examples` per row: first-fit decreasing into rows of <= max_tokens (a longer pair: its own row)."""
+    order = sorted(range(len(examples)), key=lambda i: -examples[i].num_tokens)
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        n = examples[i].num_tokens
+        for r, left in enumerate(room):
+            if n <= left:
+                rows[r].append(i)
+                room[r] -= n
+                break
+        else:
+            rows.append([i])
+            room.append(max_tokens - n)
+    return rows
+
+
+def forward_groups(examples: list[Example], plan: Plan) -> list[list[Example]]:
+    """A micro-step's pairs, split into forwards of one row each (memory bounded by the budget), or one forward
+    for all rows where the backward count must be one per micro-step (DeepSpeed)."""
+    if plan.mode != "packed" or plan.one_forward or not plan.max_tokens:
+        return [examples]
+    return [[examples[i] for i in row] for row in fill_rows(examples, plan.max_tokens)]
+
+
+@dataclass
+class RowBatch:
+    """Model inputs for packed or separate rows, and per-PAIR targets in input order (the shape `PackedBatch`
+    gives downstream code: row b of `target_ids` / `segment` / `step_index` is examples[b])."""
+    input_ids: torch.Tensor  # (rows, N), right-padded to the longest row
+    position_ids: torch.Tensor  # (rows, N)
+    attention_mask: torch.Tensor | None  # (rows, N) 2D padding mask (separate mode), else None
+    keep: torch.Tensor  # (rows, N) bool: positions whose logits are needed (flattened by the model)
+    target_ids: torch.Tensor  # (pairs, T)
+    source_index: torch.Tensor  # (pairs, T) index into the flattened kept logits
+    segment: torch.Tensor  # (pairs, T) 1 chosen, 2 rejected, 0 none
+    step_index: torch.Tensor  # (pairs, T)
+    layout: "Layout | None"
+    num_tokens: int  # real tokens
+    padded_tokens: int  # rows * N
+
+    def to(self, device) -> "RowBatch":
+        for name in ("input_ids", "position_ids", "attention_mask", "keep", "target_ids", "source_index",
+                     "segment", "step_index"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, value.to(device))
+        if self.layout is not None:
+            self.layout = self.layout.to(device)
+        return self
+
+    def model_inputs(self) -> dict:
+        inputs = {"input_ids": self.input_ids, "position_ids": self.position_ids, "logits_to_keep": self.keep,
+                  "use_cache": False}
+        if self.attention_mask is not None:
+            inputs["attention_mask"] = self.attention_mask
+        if self.layout is not None:
+            inputs[LAYOUT_KWARG] = self.layout
+            # An empty 4D mask: transformers takes a 4D mask as given and builds no (N, N) one of its own;
+            # the layout is the real mask.
+            inputs["attention_mask"] = torch.ones((self.input_ids.shape[0], 1, 0, 0), dtype=torch.bool,
+                                                  device=self.input_ids.device)
+        return inputs
+
+
+def build_rows(examples: list[Example], plan: Plan, pad_id: int) -> RowBatch:
+    """Lay `examples` out as packed rows (plan.mode "packed") or as separate chosen / rejected rows."""
+    # docs[row] = [(pair, part)]: part "pcr" = prefix+chosen+rejected, "c" = prefix+chosen, "r" = prefix+rejected
+    if plan.mode == "packed":
+        rows = [[(i, "pcr") for i in row] for row in fill_rows(examples, plan.max_tokens or 1 << 62)]
+    else:
+        rows = [[(i, "c")] for i in range(len(examples))]
+        rows += [[(i, "r")] for i, e in enumerate(examples) if e.rejected]
+    lengths = []
+    for row in rows:
+        n = 0
+        for i, part in row:
+            e = examples[i]
+            n += len(e.prefix) + (len(e.chosen) if "c" in part else 0) + (len(e.rejected) if "r" in part else 0)
+        lengths.append(n)
+    B, N = len(rows), max(lengths)
+    T = max(len(e.chosen) + len(e.rejected) for e in examples)
+    input_ids = torch.full((B, N), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((B, N), dtype=torch.long)
+    keep = torch.zeros((B, N), dtype=torch.bool)
+    # flat position (b * N + n) predicting each target; mapped to kept-logit indices at the end
+    source_flat = torch.zeros((len(examples), T), dtype=torch.long)
+    target_ids = torch.zeros((len(examples), T), dtype=torch.long)
+    segment = torch.zeros((len(examples), T), dtype=torch.long)
+    step_index = torch.zeros((len(examples), T), dtype=torch.long)
+    docs = []  # (row, start, P, C, R) for the attention layout
+    for b, row in enumerate(rows):
+        s = 0
+        for i, part in row:
+            e = examples[i]
+            P = len(e.prefix)
+            C = len(e.chosen) if "c" in part else 0
+            R = len(e.rejected) if "r" in part else 0
+            cont = (e.chosen if C else []) + (e.rejected if R else [])
+            input_ids[b, s:s + P + C + R] = torch.tensor(e.prefix + cont, dtype=torch.long)
+            position_ids[b, s:s + P + C] = torch.arange(P + C)
+            position_ids[b, s + P + C:s + P + C + R] = torch.arange(P, P + R)
+            # predictor of chosen token k: s+P-1+k; of rejected token k: s+P-1 (k=0), else s+P+C+k-1
+            if C:
+                src = torch.arange(s + P - 1, s + P + C - 1)
+                off = 0
+                target_ids[i, :C] = torch.tensor(e.chosen, dtype=torch.long)
+                source_flat[i, :C] = b * N + src
+                segment[i, :C] = 1
+                if e.chosen_steps:
+                    step_index[i, :C] = torch.tensor(e.chosen_steps, dtype=torch.long)
+                keep[b, src] = True
+            if R:
+                src = torch.arange(s + P + C - 1, s + P + C + R - 1)
+                src[0] = s + P - 1
+                off = len(e.chosen)
+                target_ids[i, off:off + R] = torch.tensor(e.rejected, dtype=torch.long)
+                source_flat[i, off:off + R] = b * N + src
+                segment[i, off:off + R] = 2
+                if e.rejected_steps:
+                    step_index[i, off:off + R] = torch.tensor(e.rejected_steps, dtype=torch.long)
+                keep[b, src] = True
+            docs.append((b, s, P, C, R))
+            s += P + C + R
+    kept_index = torch.full((B * N,), -1, dtype=torch.long)
+    flat_keep = keep.flatten()
+    kept_index[flat_keep] = torch.arange(int(flat_keep.sum()))
+    source_index = kept_index[source_flat].clamp(min=0) * (segment > 0)
+    attention_mask = None
+    layout = None
+    if plan.mode == "packed":
+        layout = Layout(docs, B, N, plan.attention)
+    else:
+        attention_mask = (torch.arange(N)[None, :] < torch.tensor(lengths)[:, None]).long()
+    return RowBatch(input_ids, position_ids, attention_mask, keep, target_ids, source_index, segment, step_index,
+                    layout, num_tokens=sum(lengths), padded_tokens=B * N)
+
+
+def token_logps(logits: torch.Tensor, batch: RowBatch) -> torch.Tensor:
+    """(pairs, T) log-prob of each continuation token (0 where none), from the model's flattened kept logits.
+    Gathers the target's logit and subtracts logsumexp: no (tokens, vocab) log-softmax copy is kept."""
+    flat = logits.reshape(-1, logits.shape[-1])
+    picked = flat[batch.source_index].float()  # (pairs, T, V)
+    logp = picked.gather(-1, batch.target_ids[..., None]).squeeze(-1) - picked.logsumexp(-1)
+    return logp * (batch.segment > 0)
+
+
+def forward(model, examples: list[Example], plan: Plan, pad_id: int, device) -> tuple[RowBatch, torch.Tensor]:
+    """Packed or separate forward: (batch, (pairs, T) token log-probs), rows of both in `examples` order."""
+    batch = build_rows(examples, plan, pad_id).to(device)
+    logits = model(**batch.model_inputs()).logits
+    return batch, token_logps(logits, batch)
+
+
+def padding_share(batch_tokens: int, real_tokens: int) -> float:
+    return 1.0 - real_tokens / max(batch_tokens, 1)
+
+
+# ---------------------------------------------------------------------------------------------- attention
+
+class Layout:
+    """Where each document sits in the rows; handed to every attention layer through the model call."""
+
+    def __init__(self, docs: list[tuple[int, int, int, int, int]], rows: int, length: int, attention: str):
+        self.docs, self.rows, self.length, self.attention = docs, rows, length, attention
+        self.device = torch.device("cpu")
+        self._masks: dict = {}
+
+    def to(self, device) -> "Layout":
+        self.device = torch.device(device)
+        self._masks = {}
+        return self
+
+    def rejected_mask(self, P: int, R: int, window: int | None) -> torch.Tensor:
+        """(R, P+R) bool: rejected query i (position P+i) sees prefix key j < P and rejected key P+k, k <= i,
+        within the window on logical positions."""
+        key = ("r", P, R, window)
+        if key not in self._masks:
+            q = torch.arange(P, P + R, device=self.device)[:, None]
+            k = torch.arange(P + R, device=self.device)[None, :]
+            allowed = k <= q
+            if window:
+                allowed &= q - k < window
+            self._masks[key] = allowed
+        return self._masks[key]
+
+    def causal_mask(self, n: int, window: int | None) -> torch.Tensor | None:
+        """None when plain causal (SDPA's is_causal) is exact."""
+        if not window or n <= window:
+            return None
+        key = ("c", n, window)
+        if key not in self._masks:
+            q = torch.arange(n, device=self.device)[:, None]
+            k = torch.arange(n, device=self.device)[None, :]
+            self._masks[key] = (k <= q) & (q - k < window)
+        return self._masks[key]
+
+    def block_mask(self, window: int | None):
+        key = ("block", window)
+        if key not in self._masks:
+            self._masks[key] = _block_mask(self, window)
+        return self._masks[key]
+
+
+def _doc_tensors(layout: Layout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per (row, token): document id (-1 padding), part (0 prefix, 1 chosen, 2 rejected), logical position."""
+    doc = torch.full((layout.rows, layout.length), -1, dtype=torch.long)
+    part = torch.zeros((layout.rows, layout.length), dtype=torch.long)
+    pos = torch.zeros((layout.rows, layout.length), dtype=torch.long)
+    for d, (b, s, P, C, R) in enumerate(layout.docs):
+        doc[b, s:s + P + C + R] = d
+        part[b, s + P:s + P + C] = 1
+        part[b, s + P + C:s + P + C + R] = 2
+        pos[b, s:s + P + C] = torch.arange(P + C)
+        pos[b, s + P + C:s + P + C + R] = torch.arange(P, P + R)
+    return doc.to(layout.device), part.to(layout.device), pos.to(layout.device)
+
+
+def _block_mask(layout: Layout, window: int | None):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    doc, part, pos = _doc_tensors(layout)
+
+    def mask_mod(b, h, q, k):
+        same = (doc[b, q] == doc[b, k]) & (doc[b, k] >= 0) & (k <= q)
+        allowed = same & ((part[b, k] == 0) | (part[b, k] == part[b, q]))
+        if window:
+            allowed = allowed & (pos[b, q] - pos[b, k] < window)
+        return allowed | ((doc[b, q] < 0) & (q == k))  # padding queries see themselves: no empty rows
+
+    return create_block_mask(mask_mod, layout.rows, None, layout.length, layout.length, device=layout.device)
+
+
+_compiled_flex = None
+
+
+def _flex(query, key, value, block_mask, scale, enable_gqa):
+    global _compiled_flex
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if not query.is_cuda:  # eager: forward-only reference maths (inductor's CPU flex kernel fails to build here)
+        return flex_attention(query, key, value, block_mask=block_mask, scale=scale, enable_gqa=enable_gqa)
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention, dynamic=True)
+    return _compiled_flex(query, key, value, block_mask=block_mask, scale=scale, enable_gqa=enable_gqa)
+
+
+def _segment_attention(layout: Layout, query, key, value, scale, dropout, window, gqa: bool):
+    """SDPA per document part; the output rows are assembled in place order, padding rows are zero."""
+    out_rows = []
+    by_row: dict[int, list] = {}
+    for b, s, P, C, R in layout.docs:
+        by_row.setdefault(b, []).append((s, P, C, R))
+    for b in range(layout.rows):
+        pieces, end = [], 0
+        for s, P, C, R in by_row.get(b, []):
+            n = P + C
+            q1, k1, v1 = query[b:b + 1, :, s:s + n], key[b:b + 1, :, s:s + n], value[b:b + 1, :, s:s + n]
+            mask = layout.causal_mask(n, window)
+            pieces.append(F.scaled_dot_product_attention(q1, k1, v1, attn_mask=mask, dropout_p=dropout,
+                                                         is_causal=mask is None, scale=scale, enable_gqa=gqa))
+            if R:
+                q2 = query[b:b + 1, :, s + n:s + n + R]
+                k2 = torch.cat([key[b:b + 1, :, s:s + P], key[b:b + 1, :, s + n:s + n + R]], dim=2)
+                v2 = torch.cat([value[b:b + 1, :, s:s + P], value[b:b + 1, :, s + n:s + n + R]], dim=2)
+                pieces.append(F.scaled_dot_product_attention(q2, k2, v2, attn_mask=layout.rejected_mask(P, R, window),
+                                                             dropout_p=dropout, scale=scale, enable_gqa=gqa))
+            end = s + n + R
+        if end < layout.length:
+            pieces.append(query.new_zeros(1, query.shape[1], layout.length - end, value.shape[-1]))
+        out_rows.append(torch.cat(pieces, dim=2))
+    return torch.cat(out_rows, dim=0)
+
+
+def _packed_attention(original: str):
+    """A transformers attention function: the packed layout if the call carries one, else `original`'s."""
+    from transformers import AttentionInterface
+
+    def attention(module, query, key, value, attention_mask, scaling=None, dropout: float = 0.0,
+                  sliding_window: int | None = None, **kwargs):
+        layout = kwargs.pop(LAYOUT_KWARG, None)
+        if layout is None:
+            return AttentionInterface._global_mapping[original](module, query, key, value, attention_mask,
+                                                                scaling=scaling, dropout=dropout,
+                                                                sliding_window=sliding_window, **kwargs)
+        dropout = dropout if module.training else 0.0
+        gqa = query.shape[1] != key.shape[1]
+        if layout.attention == "flex":
+            out = _flex(query, key, value, layout.block_mask(sliding_window), scaling, gqa)
+        else:
+            out = _segment_attention(layout, query, key, value, scaling, dropout, sliding_window, gqa)
+        return out.transpose(1, 2).contiguous(), None
+
+    return attention
+
+
+def use_packed_attention(model) -> None:
+    """Route `model`'s attention through the packed function (registered as ATTENTION + "-" + the original).
+    Calls without a layout build the original's masks and run the original's kernel, unchanged."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    original = model.config._attn_implementation or "sdpa"
+    if original.startswith(ATTENTION):
+        return
+    name = f"{ATTENTION}-{original}"
+    AttentionInterface.register(name, _packed_attention(original))
+    if original in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
+        ALL_MASK_ATTENTION_FUNCTIONS.register(name, ALL_MASK_ATTENTION_FUNCTIONS._global_mapping[original])
+    model.config._attn_implementation = name
+
+
+def restore_attention(model) -> None:
+    """Back to the model's own attention implementation (before saving it)."""
+    name = model.config._attn_implementation or ""
+    if name.startswith(ATTENTION + "-"):
+        model.config._attn_implementation = name[len(ATTENTION) + 1:]
+
+
+def _flex_available() -> bool:
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
