@@ -1,6 +1,6 @@
 # stepdpo: set-up, tests and the demo.
 #   make demo    create .venv, install stepdpo, run the miniature pipeline (examples/arith)
-#   make test    install the dev extras into .venv, run the default suite, the vLLM tier, then make demo-quick
+#   make test    install the dev extras into .venv, run the default suite, the vLLM and browser tiers, then make demo-quick
 # Re-running is cheap: installs are skipped while pyproject.toml is unchanged (stamp files in .venv).
 
 PYTHON ?= python3
@@ -16,7 +16,7 @@ export DS_BUILD_OPS ?= 0
 # The demo's Makefile and the tests find `stepdpo` and `python` in the venv.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help install install-dev test test-default test-vllm test-demo demo demo-quick clean-venv
+.PHONY: help install install-dev test test-default test-vllm test-browser test-demo demo demo-quick clean-venv
 
 help:
 	@sed -n '2,4p' Makefile | sed 's/^# *//'
@@ -39,7 +39,7 @@ install-dev: $(VENV)/.stamp-dev
 
 # The default suite, the vLLM tier (its own venv, built by scripts/test-vllm.sh), then the small demo with its
 # check (every stage wrote records, every trained model loads and generates).
-test: test-default test-vllm test-demo
+test: test-default test-vllm test-browser test-demo
 
 test-demo: install
 	rm -rf examples/arith/work-quick
@@ -54,6 +54,10 @@ test-vllm:
 		bash scripts/test-vllm.sh; code=$$?; \
 		if [ $$code -eq 5 ]; then echo "test-vllm: no vLLM tests collected"; exit 0; fi; exit $$code; \
 	else echo "test-vllm: scripts/test-vllm.sh not present; skipped"; fi
+
+# `stepdpo view` pages in headless Chromium; the script installs Debian's chromium (~15 s) or skips without apt.
+test-browser: install-dev
+	bash scripts/test-browser.sh
 
 demo: install
 	$(MAKE) -C examples/arith demo

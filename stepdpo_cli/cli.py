@@ -481,9 +481,12 @@ def pair(
 @app.command(epilog="Example: stepdpo train --objective step-dpo --model ckpt/sft --data pairs.jsonl --output ckpt/step-dpo")
 def train(
     model: Annotated[str, typer.Option("--model", "-m", help="Policy: local HF dir, hub id or hf:PATH.")],
-    data: Annotated[str, typer.Option("--data", help="Training JSONL (pairs or SFT rows); - for stdin.")],
+    data: Annotated[str, typer.Option("--data", help="Training rows (pairs or SFT rows): JSONL, - for stdin, a "
+                                                     ".parquet/.json/.csv file, a save_to_disk folder or a hub "
+                                                     "dataset id (e.g. xinlai/Math-Step-DPO-10K).")],
     output: Annotated[str, typer.Option("--output", help="Output model dir (also checkpoints, ref log-probs).")],
     objective: Annotated[str, typer.Option(help="sft | dpo | step-dpo | full-step-dpo")] = "step-dpo",
+    data_split: Annotated[str, typer.Option(help="Split of a hub dataset or save_to_disk DatasetDict.")] = "train",
     beta: Annotated[float, typer.Option(help="DPO beta.")] = 0.4,
     lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = 5e-7,
     epochs: Annotated[float, typer.Option(help="Epochs (fractions allowed).")] = 1.0,
@@ -536,12 +539,13 @@ def train(
     os.dup2(2, 1)
     if needs_launch(num_processes, config_file, deepspeed):
         code = relaunch(sys.argv[1:], num_processes=num_processes, config_file=config_file, deepspeed=deepspeed,
-                        data=data, output=output, objective=objective, stdout=metrics_fd)
+                        data=data, output=output, objective=objective, stdout=metrics_fd, split=data_split)
         raise typer.Exit(code)
     from .train.loop import TrainConfig, train as run_training
 
     config = TrainConfig(
-        model=model, data=data, output=output, objective=objective, beta=beta, lr=lr, epochs=epochs,
+        model=model, data=data, data_split=data_split, output=output, objective=objective, beta=beta, lr=lr,
+        epochs=epochs,
         batch_size=batch_size, grad_accum=grad_accum, scheduler=scheduler if scheduler != "constant"
         else "constant_with_warmup", warmup_ratio=warmup_ratio, max_length=max_length, template=template, seed=seed,
         lora=lora, lora_r=lora_r, lora_alpha=lora_alpha, merge_lora=merge_lora,
@@ -694,6 +698,33 @@ def eval_command(
     log.summary("eval", {"problems": report["count"], "accuracy": report["accuracy"],
                          "ci95": f"[{low:.3f}, {high:.3f}]", "tokens_per_s": report["tokens_per_s"],
                          "wall_s": report["wall_seconds"]})
+
+
+# ---------------------------------------------------------------------------------------------- view
+
+@app.command(epilog="Example: stepdpo view pairs.jsonl -o pairs.html; stepdpo view metrics-dpo.jsonl "
+                    "metrics-stepdpo.jsonl -o curves.html")
+def view(
+    files: Annotated[list[str], typer.Argument(help="JSONL file(s) of one kind (several metrics files overlay).")],
+    output: Annotated[Optional[str], typer.Option("-o", "--output", help="HTML file (default: FILE with .html).")] = None,
+    kind: Annotated[Optional[str], typer.Option(help="pairs | localized | eval | metrics | records "
+                                                     "(default: recognised from the fields).")] = None,
+    title: Annotated[Optional[str], typer.Option(help="Page title.")] = None,
+    page_size: Annotated[int, typer.Option(help="Records per page.")] = 50,
+    quiet: QuietOpt = False,
+) -> None:
+    """One self-contained HTML page (no network) to look at a stage's output: pairs with a word diff,
+    localized steps, eval accuracy charts, training curves; search, filter and paging in the page."""
+    from .view import write_view
+
+    log.set_quiet(quiet)
+    if page_size < 1:
+        raise InputError("must be >= 1", field="--page-size")
+    if not output and files[0] == "-":
+        raise InputError("reading stdin needs -o FILE.html", field="--output")
+    target = output or os.path.splitext(files[0][:-3] if files[0].endswith(".gz") else files[0])[0] + ".html"
+    result = write_view(files, target, kind=kind, title=title, page_size=page_size)
+    log.summary("view", {**result, "output": target})
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -83,7 +83,8 @@ def child_argv(argv: list[str], data_path: str | None = None) -> list[str]:
 
 
 def relaunch(argv: list[str], *, num_processes: int, config_file: str | None, deepspeed: str | None,
-             data: str, output: str, objective: str | None = None, stdout: int | None = None) -> int:
+             data: str, output: str, objective: str | None = None, stdout: int | None = None,
+             split: str = "train") -> int:
     """Run `python -m accelerate.commands.launch ... -m stepdpo_cli train ARGS`; returns its exit code.
     `stdout`: the fd the children's metrics JSONL goes to (the launcher's own chatter goes to stderr)."""
     data_path = None
@@ -93,10 +94,10 @@ def relaunch(argv: list[str], *, num_processes: int, config_file: str | None, de
         with open(data_path, "wb") as handle:
             shutil.copyfileobj(sys.stdin.buffer, handle)
     if objective:  # bad rows exit 2 here, before N processes start (a child's exit code would become 1)
-        from ..records import iter_jsonl
+        from ..datasets import iter_rows
         from .data import validator
 
-        for _ in iter_jsonl(data_path or data, validate=validator(objective)):
+        for _ in iter_rows(data_path or data, split=split, validate=validator(objective)):
             pass
     env = dict(os.environ)
     env[LAUNCHED_ENV] = "1"

@@ -66,6 +66,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     attn_implementation: str = "sdpa"
+    data_split: str = "train"  # --data-split: for hub ids and save_to_disk DatasetDicts
     extra: dict = field(default_factory=dict)
 
     @property
@@ -243,8 +244,10 @@ def _save_checkpoint(accelerator, output: str, step: int, state: dict) -> None:
 # ---------------------------------------------------------------------------------------------- loop
 
 def read_examples(config: TrainConfig, tokenizer, template: str) -> tuple[list[Example], EncodeStats]:
+    from ..datasets import iter_rows  # JSONL, or a hub id / save_to_disk / parquet through `datasets`
+
     stats = EncodeStats()
-    rows = iter_jsonl(config.data, validate=validator(config.objective))
+    rows = iter_rows(config.data, split=config.data_split, validate=validator(config.objective))
     examples = encode_rows(rows, tokenizer, template, config.objective, config.max_length, stats)
     if not examples:
         raise InputError("no usable training rows" + (f" ({stats.skipped_empty} with empty chosen/rejected)"
