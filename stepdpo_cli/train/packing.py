@@ -31,6 +31,7 @@ from .data import Example
 ATTENTION = "stepdpo_packed"
 LAYOUT_KWARG = "stepdpo_layout"
 SEPARATE_ONLY = ("bloom", "mpt", "falcon", "baichuan", "jais")  # ALiBi: position in the mask, not in the ids
+ATTENTION_EXTRAS = ("gpt_oss",)  # attention sinks passed to the kernel
 
 
 @dataclass
@@ -42,6 +43,7 @@ class Plan:
     attention: str = ""  # packed: "flex" or "sdpa-segments"
     window: int | None = None  # the model's sliding window, if any layer has one
     one_forward: bool = False  # DeepSpeed counts backward calls: all of a micro-step's rows in one forward
+    say: bool = True  # this process logs (the main one)
     said: set = field(default_factory=set)
 
 
@@ -63,47 +65,59 @@ def packing_supported(model: Any) -> str | None:
         return f"{config.model_type} uses ALiBi / 2D masks"
     if not getattr(model, "_supports_attention_backend", False):
         return f"{type(model).__name__} does not take a custom attention function"
-    if getattr(config, "attn_logit_softcapping", None) or getattr(config, "final_logit_softcapping", None) \
-            and getattr(config, "attn_logit_softcapping", None):
-        return "attention logit soft-capping"
+    if getattr(config, "attn_logit_softcapping", None):
+        return "attention logit soft-capping"  # applied inside the kernel call: the packed path has no hook for it
+    if getattr(config, "model_type", "") in ATTENTION_EXTRAS:
+        return f"{config.model_type} adds terms to attention (sinks)"
     return None
 
 
-def plan_for(model: Any, max_tokens: int, device: Any, *, deepspeed: bool = False) -> Plan:
-    """Choose the layout and attention for `model` (unwrapped) and say the choice once on stderr."""
+def plan_for(model: Any, max_tokens: int, device: Any, *, deepspeed: bool = False, say: bool = True) -> Plan:
+    """Choose the layout and attention for `model` (unwrapped) and, if `say`, log the choice once on stderr."""
     window = sliding_window(model.config)
     why_not = packing_supported(model)
+    emit = log.log if say else (lambda message: None)
     if max_tokens <= 0:
         mode = "separate" if why_not else "dense"
-        plan = Plan(mode, 0, window=window)
         if why_not:
-            log.log(f"train: {why_not}: chosen and rejected run as separate forwards (one reference pass)")
-        return plan
+            emit(f"train: {why_not}: chosen and rejected run as separate forwards (one reference pass)")
+        return Plan(mode, 0, window=window, say=say)
     if why_not:
-        log.log(f"train: --max-tokens-per-batch: {why_not}; packing off, chosen and rejected run as separate "
-                f"forwards")
-        return Plan("separate", max_tokens, window=window, one_forward=deepspeed)
+        emit(f"train: --max-tokens-per-batch: {why_not}; packing off, chosen and rejected run as separate forwards")
+        return Plan("separate", max_tokens, window=window, one_forward=deepspeed, say=say)
     flex = torch.device(device).type == "cuda" and _flex_available()
-    plan = Plan("packed", max_tokens, "flex" if flex else "sdpa-segments", window, one_forward=deepspeed)
+    plan = Plan("packed", max_tokens, "flex" if flex else "sdpa-segments", window, one_forward=deepspeed, say=say)
     use_packed_attention(model)
-    log.log(f"train: packing pairs into rows of <= {max_tokens} tokens, no padding; attention: "
+    emit(f"train: packing pairs into rows of <= {max_tokens} tokens, no padding; attention: "
             + ("FlexAttention block mask" if flex else "one SDPA call per pair (no dense mask; FlexAttention "
                "needs CUDA for training)") + (f"; sliding window {window}" if window else ""))
     return plan
 
 
-def dense_needs_separate(plan: Plan | None, examples: list[Example]) -> bool:
-    """The dense shared-prefix mask replaces the model's own mask, sliding window included: a window shorter
-    than the packed sequence would be switched off, so such batches run chosen and rejected separately."""
-    if plan is None or plan.mode == "separate":
-        return plan is not None
+def uses_rows(plan: Plan | None, examples: list[Example]) -> bool:
+    """True: `forward` here (packed or separate rows); False: data.pack's dense shared-prefix batch. The dense
+    mask replaces the model's own, sliding window included, so a batch longer than the window runs chosen and
+    rejected separately instead (said once)."""
+    if plan is None:
+        return False
+    if plan.mode != "dense":
+        return True
     if plan.window and max(e.num_tokens for e in examples) > plan.window:
         if "window" not in plan.said:
             plan.said.add("window")
-            log.log(f"train: sliding window {plan.window} is shorter than packed prefix + chosen + rejected: "
-                    f"those batches run chosen and rejected as separate forwards (one reference pass)")
+            if plan.say:
+                log.log(f"train: sliding window {plan.window} is shorter than prefix + chosen + rejected: such "
+                        f"batches run chosen and rejected as separate forwards (one reference pass)")
         return True
     return False
+
+
+def reference_chunks(examples: list[Example], batch_size: int, plan: Plan | None) -> list[list[Example]]:
+    """Forwards of the reference pass: packed rows of <= max_tokens (one per forward), else batch_size pairs
+    (every rank the same count: ZeRO-3 needs equal forwards, so DeepSpeed keeps batch_size groups)."""
+    if plan is not None and plan.mode == "packed" and not plan.one_forward:
+        return [[examples[i] for i in row] for row in fill_rows(examples, plan.max_tokens)]
+    return [examples[i:i + batch_size] for i in range(0, len(examples), batch_size)]
 
 
 # ---------------------------------------------------------------------------------------------- rows
