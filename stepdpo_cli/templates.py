@@ -68,6 +68,30 @@ def generation_prompt(problem: str, template: str, tokenizer: Any = None, *, rea
     return render_prompt(problem, template, tokenizer) + separator + reason_prefix
 
 
+def encode_context(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of a rendered prompt/context: what `train` scores after and what every backend that takes
+    token ids (hf, vllm) feeds the model. The tokenizer's special tokens (BOS) are added unless the text
+    already starts with BOS (chat templates of Llama-3, Gemma, Mistral write it): never two."""
+    bos = getattr(tokenizer, "bos_token", None)
+    add_special = not (bos and text.startswith(bos))
+    return list(tokenizer(text, add_special_tokens=add_special)["input_ids"])
+
+
+# The official eval_math.py prompts where they differ from the training context (generation_prompt):
+# its `alpaca` eval prompt ends "### Response: Let's think step by step." (a space, no "Step 1:"), while
+# training and sampling contexts continue "### Response:\nLet's think step by step.\nStep 1:".
+OFFICIAL_EVAL_PROMPTS: dict[str, str] = {
+    "alpaca": TEMPLATES["alpaca"] + " Let's think step by step.",
+}
+
+
+def eval_prompt(problem: str, template: str, tokenizer: Any = None) -> str:
+    """What `eval` sends: the official eval_math.py prompt for `alpaca`, else the training context."""
+    if template in OFFICIAL_EVAL_PROMPTS:
+        return OFFICIAL_EVAL_PROMPTS[template].format(problem=problem)
+    return generation_prompt(problem, template, tokenizer)
+
+
 # A trained model directory records the template it was trained with, so sample/eval default to it.
 MODEL_META_FILE = "stepdpo.json"
 

@@ -122,3 +122,18 @@ def test_load_backend_spec(tiny_model):
     engine = load_backend(f"hf:{tiny_model}", batch_size=8)
     assert engine.name == "hf" and engine.batch_size == 8
     assert engine.tokenizer.chat_template
+
+
+def test_prompt_plus_max_tokens_is_capped_at_the_models_context(tmp_path, tiny_model):
+    """Generation stops where the model's context ends (finish_reason length); a prompt that does not fit is
+    a one-line input error, never an index error deep in the model."""
+    from stepdpo_cli.records import InputError
+    from stepdpo_cli.tiny import build_tiny_model
+
+    short = build_tiny_model(str(tmp_path / "short"), tokenizer_path=tiny_model, max_positions=40)
+    b = HFBackend(short, device="cpu")
+    prompt = "x" * 30  # one token per byte
+    [[c]] = b.generate([Request(prompt, seed=0)], SamplingParams(max_tokens=100, temperature=1.0))
+    assert c.finish_reason == "length" and len(b.encode(prompt)) + c.num_tokens == 40
+    with pytest.raises(InputError, match="does not fit the model's context of 40 tokens"):
+        b.generate([Request("y" * 45, seed=0)], SamplingParams(max_tokens=4))

@@ -396,3 +396,34 @@ def test_transformers_serve_stop_strings_are_cut(transformers_server, tiny_model
     assert cut.text == full[: full.index(stop)]
     assert cut.stop_reason == stop and cut.finish_reason == "stop"
     b.close()
+
+
+def test_reasoning_model_parameters_follow_what_the_server_accepts(server):
+    """Chat sends max_completion_tokens (OpenAI's reasoning models reject max_tokens); a 400 saying temperature is
+    unsupported drops it, once and for every later request; /completions keeps max_tokens."""
+    srv = server()
+    srv.script = [("status", 400, "Unsupported value: 'temperature' does not support 0.0 with this model. "
+                                  "Only the default (1) value is supported.")]
+    b = backend(srv.url, endpoint="chat", concurrency=1)  # one at a time: "later" is well defined
+    out = b.generate([Request("Q\n" + STEP_PREFIX, seed=1), Request("R\n" + STEP_PREFIX, seed=2)],
+                     SamplingParams(max_tokens=8))
+    assert [len(r) for r in out] == [1, 1]
+    first, *later = srv.requests
+    assert first["max_completion_tokens"] == 8 and "max_tokens" not in first and first["temperature"] == 0.0
+    assert len(later) == 2 and all("temperature" not in r and r["max_completion_tokens"] == 8 for r in later)
+
+    srv2 = server()
+    srv2.script = [("status", 400, "Unsupported parameter: 'max_completion_tokens' is not supported.")]
+    b2 = backend(srv2.url, endpoint="chat")
+    b2.generate([Request("Q\n" + STEP_PREFIX, seed=1)], SamplingParams(max_tokens=8))
+    assert srv2.requests[-1]["max_tokens"] == 8 and "max_completion_tokens" not in srv2.requests[-1]
+
+    srv3 = server()
+    backend(srv3.url).generate([Request("p", seed=1)], SamplingParams(max_tokens=8))
+    assert srv3.requests[0]["max_tokens"] == 8 and "max_completion_tokens" not in srv3.requests[0]
+
+    srv4 = server()  # a 400 about something else is still an error, not a silent retry
+    srv4.script = [("status", 400, "This model's maximum context length is 4096 tokens.")]
+    with pytest.raises(BackendError, match="HTTP 400"):
+        backend(srv4.url).generate([Request("p", seed=1)], SamplingParams(max_tokens=8))
+    assert len(srv4.requests) == 1

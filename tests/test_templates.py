@@ -11,6 +11,7 @@ from stepdpo_cli.templates import (
     MODEL_META_FILE,
     TEMPLATE_NAMES,
     TEMPLATES,
+    eval_prompt,
     generation_prompt,
     read_model_meta,
     render_prompt,
@@ -126,3 +127,18 @@ def test_template_for_a_remote_model_name_falls_back_to_the_tokenizer(tokenizer)
 def test_the_named_templates_are_the_documented_ones():
     assert set(TEMPLATES) == {"alpaca", "deepseek-math", "qwen2-boxed", "raw"}
     assert TEMPLATE_NAMES[0] == "chat"
+
+
+# eval_math.py in dvlab-research/Step-DPO, `--prompt alpaca`, verbatim.
+OFFICIAL_ALPACA_EVAL = (
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response: Let's think step by step."
+)
+
+
+def test_eval_alpaca_is_the_official_eval_prompt(tokenizer):
+    assert eval_prompt(PROBLEM, "alpaca") == OFFICIAL_ALPACA_EVAL.format(instruction=PROBLEM)
+    assert eval_prompt(PROBLEM, "alpaca") != generation_prompt(PROBLEM, "alpaca")  # training context differs
+    for name in ("qwen2-boxed", "deepseek-math", "raw", "chat"):  # the others: the training context
+        assert eval_prompt(PROBLEM, name, tokenizer) == generation_prompt(PROBLEM, name, tokenizer)

@@ -163,3 +163,15 @@ def test_shared_prefix_matches_two_sequences(model, tokenizer, attn):
     for gp, p in zip(grads_packed, model.parameters()):
         assert torch.allclose(gp, p.grad, atol=1e-5, rtol=0)
     model.config._attn_implementation = "sdpa"
+
+
+def test_step_text_as_given_scores_chosen_exactly_as_written(tokenizer):
+    """--step-text as-given reproduces the official StepDPOTrainer: no newline appended to a continued step."""
+    [default] = encode_rows([MATH_STEP_DPO_ROW], tokenizer, "raw", "step-dpo", 1024)
+    [given] = encode_rows([MATH_STEP_DPO_ROW], tokenizer, "raw", "step-dpo", 1024, step_text="as-given")
+    assert tokenizer.decode(default.chosen) == MATH_STEP_DPO_ROW["chosen"] + "\n"
+    assert tokenizer.decode(given.chosen) == MATH_STEP_DPO_ROW["chosen"]
+    assert tokenizer.decode(given.rejected) == MATH_STEP_DPO_ROW["rejected"]
+    assert given.prefix == default.prefix and given.key != default.key  # different text: its own reference
+    with pytest.raises(InputError, match="step-text"):
+        encode_rows([MATH_STEP_DPO_ROW], tokenizer, "raw", "step-dpo", 1024, step_text="official")

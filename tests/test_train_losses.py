@@ -61,3 +61,29 @@ def test_full_step_weights_and_step_sums():
     tok = _t(-1.0, -2.0, -3.0, -4.0)[None]
     sums = step_sums(tok, torch.tensor([[1, 1, 1, 2]]), torch.tensor([[0, 1, 1, 0]]), 1, 2)
     assert sums.tolist() == [[-1.0, -5.0]]
+
+
+def test_full_step_weights_act_outside_the_sigmoid():
+    """Full-Step-DPO (Xu et al. 2025, sec. 3.2): grad L = -beta s(-beta h) [sum_k w_k grad log pi(s_k^w) - ...]
+    with h the plain DPO log-ratio: the loss value is DPO's, each step's gradient is DPO's coefficient times w_k."""
+    from stepdpo_cli.train.losses import full_step_logps
+
+    beta = 0.5
+    chosen_steps = torch.tensor([-4.0, -6.0], dtype=torch.float64, requires_grad=True)
+    rejected_steps = torch.tensor([-5.0, -3.0, -4.0], dtype=torch.float64, requires_grad=True)
+    ref_c, ref_r = _t(-11.0), _t(-11.5)
+    wc = step_weights([0.9, 0.2], 0.5, chosen=True).double()
+    wr = step_weights([0.8, 0.1, 0.3], 0.5, chosen=False).double()
+    pc = full_step_logps(chosen_steps.sum()[None], (chosen_steps * wc).sum()[None])
+    pr = full_step_logps(rejected_steps.sum()[None], (rejected_steps * wr).sum()[None])
+    losses, cr, rr = preference_loss(pc, pr, ref_c, ref_r, beta=beta)
+    losses.sum().backward()
+    h = (-10.0 + 11.0) - (-12.0 + 11.5)
+    assert losses.item() == pytest.approx(-math.log(_sig(beta * h)))  # plain DPO's value
+    assert cr.item() == pytest.approx(beta * 1.0) and rr.item() == pytest.approx(beta * -0.5)
+    coefficient = beta * _sig(-beta * h)
+    assert chosen_steps.grad.tolist() == pytest.approx((-coefficient * wc).tolist())
+    assert rejected_steps.grad.tolist() == pytest.approx((coefficient * wr).tolist())
+    # the weights inside the sigmoid (the old code) would give another coefficient
+    h_inside = ((chosen_steps.detach() * wc).sum() - (-11.0)) - ((rejected_steps.detach() * wr).sum() - (-11.5))
+    assert _sig(-beta * h_inside.item()) != pytest.approx(_sig(-beta * h))

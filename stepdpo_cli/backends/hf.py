@@ -17,12 +17,14 @@ request's samples would depend on what else is in the batch. Here:
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
 from transformers.cache_utils import CacheLayerMixin
 
+from ..templates import encode_context
 from .base import Completion, Request, SamplingParams, truncate_at_stop
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -46,6 +48,11 @@ def _resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype 
     except KeyError:
         from ..records import InputError
         raise InputError(f"unknown dtype {dtype!r}; choose auto, float32, bfloat16 or float16", field="--dtype") from None
+
+
+def _context_length(text_config: Any) -> int | None:
+    value = getattr(text_config, "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) and value > 0 else None
 
 
 _SHARED_ATTENTION = "stepdpo_shared_prefix"
@@ -221,9 +228,16 @@ class HFBackend:
         self.shared_prefill = shared_prefill
         self.options = options  # other backends' options (base_url, concurrency, ...) are accepted and ignored
         self._tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        # --device auto on a machine with several GPUs: let accelerate spread a model too big for one of them.
+        spread = device in (None, "", "auto") and torch.cuda.device_count() > 1
         self.lm = AutoModelForCausalLM.from_pretrained(
-            model_path, dtype=_resolve_dtype(dtype, self.device), trust_remote_code=trust_remote_code
-        ).to(self.device)
+            model_path, dtype=_resolve_dtype(dtype, self.device), trust_remote_code=trust_remote_code,
+            **({"device_map": "auto"} if spread else {}),
+        )
+        if not spread:
+            self.lm = self.lm.to(self.device)
+        else:
+            self.device = str(self.lm.get_input_embeddings().weight.device)
         self.lm.eval()
         # Prefix-shared decode attention where the model's attention is plain (see _shared_prefix_attention);
         # other models get each prompt's KV copied per sample (same results, more memory traffic).
@@ -236,6 +250,10 @@ class HFBackend:
         if self.shared_attention:
             _register_shared_attention()
             self.lm.config._attn_implementation = _SHARED_ATTENTION
+        self.context_length = _context_length(text_config)
+        # transformers >= 5.2x names the cache argument `cache` (past_key_values warns, removed in 5.40).
+        self._cache_arg = "cache" if "cache" in inspect.signature(self.lm.forward).parameters else "past_key_values"
+        self._capped = 0
         self.eos_ids = self._eos_ids()
         pad = self._tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (min(self.eos_ids) if self.eos_ids else 0)
@@ -254,25 +272,45 @@ class HFBackend:
         results: list[list[Completion]] = [[] for _ in requests]
         encoded = [self.encode(r.prompt) for r in requests]
         counts = [r.n if r.n is not None else params.n for r in requests]
+        limits = self._token_limits(encoded, params.max_tokens)
         # Longest first: similar lengths share a batch (less padding) and memory peaks early.
         order = sorted((i for i in range(len(requests)) if counts[i] > 0), key=lambda i: (-len(encoded[i]), i))
         batch: list[int] = []
         rows = 0
         for i in order:
             if batch and rows + counts[i] > self.batch_size:
-                self._run_batch(batch, requests, encoded, counts, params, results)
+                self._run_batch(batch, requests, encoded, counts, limits, params, results)
                 batch, rows = [], 0
             batch.append(i)
             rows += counts[i]
         if batch:
-            self._run_batch(batch, requests, encoded, counts, params, results)
+            self._run_batch(batch, requests, encoded, counts, limits, params, results)
         return results
 
     def encode(self, prompt: str) -> list[int]:
-        """Token ids of a prompt; BOS is added as vLLM does, unless the rendered prompt already starts with it."""
-        bos = self._tokenizer.bos_token
-        add_special = not (bos and prompt.startswith(bos))
-        return self._tokenizer(prompt, add_special_tokens=add_special)["input_ids"]
+        """Token ids of a prompt: `templates.encode_context`, the ids `train` scores after (one BOS)."""
+        return encode_context(self._tokenizer, prompt)
+
+    def _token_limits(self, encoded: list[list[int]], max_tokens: int) -> list[int]:
+        """Per-request generation budget: max_tokens, cut so prompt + completion fit the model's context
+        (such samples end with finish_reason "length"); a prompt that leaves no room is an input error."""
+        if not self.context_length:
+            return [max_tokens] * len(encoded)
+        limits = []
+        for ids in encoded:
+            room = self.context_length - len(ids)
+            if room < 1:
+                from ..records import InputError
+                raise InputError(f"a prompt of {len(ids)} tokens does not fit the model's context of "
+                                 f"{self.context_length} tokens", field="--model")
+            limits.append(min(max_tokens, room))
+        capped = sum(limit < max_tokens for limit in limits)
+        if capped:
+            from .. import log
+            self._capped += capped
+            log.warn(f"hf: {capped} prompt(s) too long for --max-tokens {max_tokens} within the model's "
+                     f"{self.context_length}-token context: generation capped (finish_reason length)")
+        return limits
 
     # ------------------------------------------------------------------------------------------ internals
 
@@ -289,7 +327,8 @@ class HFBackend:
 
     @torch.inference_mode()
     def _run_batch(self, batch: list[int], requests: Sequence[Request], encoded: list[list[int]],
-                   counts: list[int], params: SamplingParams, results: list[list[Completion]]) -> None:
+                   counts: list[int], limits: list[int], params: SamplingParams,
+                   results: list[list[Completion]]) -> None:
         device = self.device
         rows = [_Row(b, j) for b, i in enumerate(batch) for j in range(counts[i])]
         # The batch is a grid of prompts x m slots; slot t holds a row index, or -1 (padding / finished).
@@ -310,9 +349,10 @@ class HFBackend:
             input_ids[k, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
             mask[k, width - len(ids):] = 1
         input_ids, mask = input_ids.to(device), mask.to(device)
-        cache = _make_cache(self.lm.config, reserve=params.max_tokens)
+        max_tokens = max(limits[i] for i in batch)
+        cache = _make_cache(self.lm.config, reserve=max_tokens)
         out = self.lm(input_ids=input_ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                      past_key_values=cache, use_cache=True, logits_to_keep=1)
+                      use_cache=True, logits_to_keep=1, **{self._cache_arg: cache})
         slot_prompt = torch.arange(len(prompts), device=device).repeat_interleave(m)
         logits, next_pos = out.logits[:, -1, :][slot_prompt], mask.sum(-1)[slot_prompt]
         shared = self.shared_attention
@@ -327,7 +367,7 @@ class HFBackend:
         stop = tuple(s for s in params.stop if s)
         tail = max((len(s.encode("utf-8")) for s in stop), default=0) + 1
         finished: dict[int, tuple[str, str | None]] = {}
-        for _ in range(params.max_tokens):
+        for _ in range(max_tokens):
             live = [t for t, a in enumerate(slots) if a >= 0]
             if len(live) < len(slots):
                 logits = logits[torch.tensor(live, device=device)]
@@ -343,7 +383,7 @@ class HFBackend:
                     row.logprobs.append(token_logprobs[k])
                 if tokens[k] in self.eos_ids:
                     finished[a] = ("stop", None)
-                elif len(row.tokens) >= params.max_tokens:
+                elif len(row.tokens) >= limits[batch[row.request]]:
                     finished[a] = ("length", None)
                 else:
                     continue
@@ -383,7 +423,7 @@ class HFBackend:
                 mask = torch.cat([mask, mask.new_ones((len(slots), 1))], dim=-1)
                 step_mask = mask
             out = self.lm(input_ids=torch.tensor(step_tokens, device=device)[:, None], attention_mask=step_mask,
-                          position_ids=next_pos[:, None], past_key_values=cache, use_cache=True,
+                          position_ids=next_pos[:, None], use_cache=True, **{self._cache_arg: cache},
                           **({"shared_kv": cache} if shared else {}))
             logits = out.logits[:, -1, :]
             next_pos = next_pos + 1

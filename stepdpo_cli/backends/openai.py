@@ -55,8 +55,9 @@ class OpenAIBackend:
         key = os.environ.get(api_key_env) if api_key_env else None
         if not key:
             if base_url is None:
-                raise InputError(f"the openai backend needs an API key in ${api_key_env} (or a --base-url of a "
-                                 "local server)", field="--api-key-env")
+                raise InputError(f"the openai backend needs an API key in ${api_key_env} (another variable: "
+                                 "--backend-option api_key_env=NAME; or a --base-url of a local server)",
+                                 field="--backend-option")
             key = "EMPTY"  # local servers ignore the key, but the client insists on one
         self.model = model
         self.base_url = base_url
@@ -77,6 +78,7 @@ class OpenAIBackend:
         self._jitter = random.Random()  # jitter only spaces out retries; it never affects outputs
         self._warned: set[str] = set()
         self._cancel = threading.Event()
+        self._param_fixes: dict[str, str | None] = {}  # refused parameter -> new name, or None: dropped
 
     def __repr__(self) -> str:
         return f"OpenAIBackend(model={self.model!r}, base_url={self.base_url!r}, endpoint={self.endpoint!r})"
@@ -122,7 +124,10 @@ class OpenAIBackend:
         raise BackendError(f"{self._where()}: server kept returning too few choices after {MAX_ROUNDS} rounds")
 
     def _call(self, prompt: str, params: SamplingParams, n: int, seed: int) -> list[Completion]:
-        body: dict[str, Any] = {"model": self.model, "n": n, "max_tokens": params.max_tokens,
+        # Chat: `max_completion_tokens`, OpenAI's name (its reasoning models reject max_tokens; vLLM accepts
+        # both). The legacy completions endpoint only knows `max_tokens`.
+        length = "max_tokens" if self.endpoint == "completions" else "max_completion_tokens"
+        body: dict[str, Any] = {"model": self.model, "n": n, length: params.max_tokens,
                                 "temperature": params.temperature, "top_p": params.top_p, "seed": seed}
         if params.stop:
             body["stop"] = list(params.stop)
@@ -199,10 +204,13 @@ class OpenAIBackend:
         extra_body = {**self.extra_body, **(extra or {})} or None
         attempt = 0
         while True:
+            body = self._adapted(body)
             try:
                 return create(**body, extra_body=extra_body)
             except openai.APIStatusError as exc:
                 status = exc.status_code
+                if status in (400, 422) and self._learn_unsupported(_server_message(exc), body):
+                    continue  # the same request without (or with the other name of) the refused parameter
                 if extra and status in (400, 422) and _names_fields(_server_message(exc), extra):
                     raise _Rejected() from None
                 if status not in RETRY_STATUSES or attempt >= self.max_retries:
@@ -224,6 +232,36 @@ class OpenAIBackend:
             attempt += 1
             if self._cancel.wait(delay):
                 raise BackendError(f"{self._where()}: cancelled")
+
+    def _adapted(self, body: dict) -> dict:
+        """`body` with the parameters this server was seen to refuse dropped or renamed."""
+        with self._lock:
+            fixes = dict(self._param_fixes)
+        if not fixes:
+            return body
+        out = {}
+        for key, value in body.items():
+            if key not in fixes:
+                out[key] = value
+            elif fixes[key] is not None:
+                out.setdefault(fixes[key], value)
+        return out
+
+    def _learn_unsupported(self, message: str, body: dict) -> bool:
+        """A 400 that says one of our sampling parameters is unsupported (reasoning models: temperature and
+        top_p other than the default, max_tokens; some servers: max_completion_tokens): remember to drop or
+        rename it for every later request. False when the message names none we can do without."""
+        name = _unsupported_param(message, body)
+        if name is None:
+            return False
+        fix = {"max_tokens": "max_completion_tokens", "max_completion_tokens": "max_tokens"}.get(name)
+        with self._lock:
+            if name in self._param_fixes or (fix and fix in self._param_fixes):
+                return False  # already adapted (renaming back and forth would never end)
+            self._param_fixes[name] = fix
+        self._warn_once(f"param:{name}", f"{self._where()}: the server does not support '{name}'; "
+                        + (f"sending '{fix}' instead" if fix else "leaving it out (its default applies)"))
+        return True
 
     def _delay(self, attempt: int, retry_after: str | None = None) -> float:
         """Full-jitter exponential backoff; a server's Retry-After (seconds) is a floor, within the cap."""
@@ -259,6 +297,21 @@ class _Rejected(Exception):
 
 
 # ------------------------------------------------------------------------------------------ parsing
+
+
+ADAPTABLE_PARAMS = ("temperature", "top_p", "max_tokens", "max_completion_tokens", "seed")
+
+
+def _unsupported_param(message: str, body: dict) -> str | None:
+    """Which of our sampling parameters a 400 message refuses ("Unsupported parameter: 'temperature' is not
+    supported with this model.", "Unsupported value: 'temperature' does not support 0.0 ..."), if any."""
+    text = message.lower()
+    if not any(word in text for word in ("unsupported", "not supported", "does not support")):
+        return None
+    for name in sorted(ADAPTABLE_PARAMS, key=len, reverse=True):  # max_completion_tokens before max_tokens
+        if name in body and (f"'{name}'" in text or f'"{name}"' in text or f"`{name}`" in text):
+            return name
+    return None
 
 
 def _names_fields(message: str, fields: dict) -> bool:

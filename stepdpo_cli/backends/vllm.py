@@ -20,6 +20,7 @@ import gc
 import os
 from typing import Any, Sequence
 
+from ..templates import encode_context
 from .base import Completion, Request, SamplingParams, sample_seed
 
 CPU_DEFAULT_KV_CACHE_GB = 1.0
@@ -37,6 +38,13 @@ def _context_length(model: str) -> int | None:
     config = getattr(config, "text_config", None) or config
     value = getattr(config, "max_position_embeddings", None)
     return int(value) if isinstance(value, int) and value > 0 else None
+
+
+def token_prompt(tokenizer: Any, text: str) -> dict:
+    """A vLLM `TokensPrompt` (a TypedDict) holding `templates.encode_context`'s ids. Given a string, vLLM would
+    tokenize it with special tokens, so a chat template that already writes BOS (Llama-3, Gemma, Mistral)
+    would get a second one, unlike `train` and the hf backend."""
+    return {"prompt_token_ids": encode_context(tokenizer, text)}
 
 
 def _on_cpu() -> bool:
@@ -115,11 +123,13 @@ class VLLMBackend:
         if not owners:
             return results
         prompts, sampling = [], []
+        tokenizer = self.tokenizer
         for i, n in enumerate(counts):
+            prompt = token_prompt(tokenizer, requests[i].prompt) if n else None
             for k in range(n):
-                prompts.append(requests[i].prompt)
+                prompts.append(prompt)
                 sampling.append(self._sampling_params(sample_seed(requests[i].seed, k), params))
-        outputs = self.llm.generate(prompts, sampling, use_tqdm=False)
+        outputs = self.llm.generate(prompts, sampling, use_tqdm=False)  # TokensPrompt dicts: no re-tokenizing
         for i, output in zip(owners, outputs):
             self.stats["prompt_tokens"] += len(output.prompt_token_ids or ())
             self.stats["cached_prompt_tokens"] += int(getattr(output, "num_cached_tokens", 0) or 0)

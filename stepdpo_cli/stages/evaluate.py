@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Iterator
 from ..backends.base import Backend, SamplingParams
 from ..grading import answers_match, grade
 from ..records import batched
+from ..templates import eval_prompt
 from .sample import generate_for_problems
 
 GROUP_FIELDS = ("dataset", "subject", "level")
@@ -112,7 +113,8 @@ def evaluate_records(records: Iterable[dict], backend: Backend, params: Sampling
     """Yield each problem record with its evaluation fields; accumulate accuracy in `stats`."""
     stats = stats if stats is not None else EvalStats()
     for problems in batched(records, max(1, chunk_size)):
-        outputs, seeds, seconds = generate_for_problems(problems, backend, params, template=template, seed=seed)
+        outputs, seeds, seconds = generate_for_problems(problems, backend, params, template=template, seed=seed,
+                                                        render=eval_prompt)
         stats.generate_seconds += seconds
         for problem, completions, problem_seed in zip(problems, outputs, seeds):
             graded = [grade(c.text, problem["answer"], timeout=grade_timeout) for c in completions]

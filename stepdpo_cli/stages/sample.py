@@ -54,15 +54,17 @@ def is_problem_done(n: int) -> Callable[[dict, set[str]], bool]:
 
 
 def generate_for_problems(problems: list[dict], backend: Backend, params: SamplingParams, *, template: str,
-                          seed: int) -> tuple[list[list[Any]], list[int], float]:
+                          seed: int, render: Callable[..., str] = generation_prompt,
+                          ) -> tuple[list[list[Any]], list[int], float]:
     """Completions for each problem (per-problem derived seeds), the seeds used, and the seconds spent.
 
     Problems are normalised here too (idempotent), so Python callers may pass raw records with aliases.
+    `render(problem, template, tokenizer)` builds the prompt (eval: `templates.eval_prompt`).
     """
     for problem in problems:
         normalize_problem(problem)
     seeds = [derive_seed(seed, p["id"]) for p in problems]
-    requests = [Request(generation_prompt(p["problem"], template, backend.tokenizer), seed=s)
+    requests = [Request(render(p["problem"], template, backend.tokenizer), seed=s)
                 for p, s in zip(problems, seeds)]
     start = time.perf_counter()
     outputs = backend.generate(requests, params)

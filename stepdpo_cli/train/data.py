@@ -19,9 +19,12 @@ import torch
 
 from ..records import PROBLEM_ALIASES, InputError, content_id
 from ..steps import COT_INTRO, STEP_PREFIX, split_steps
-from ..templates import generation_prompt
+from ..templates import encode_context, generation_prompt  # noqa: F401 - encode_context: one rule for all
 
 OBJECTIVES = ("sft", "dpo", "step-dpo", "full-step-dpo")
+# step-end: a step the solution continues ends with its newline (what the model emits; see with_step_end).
+# as-given: `chosen`/`rejected` scored exactly as written, as the official StepDPOTrainer does.
+STEP_TEXTS = ("step-end", "as-given")
 COMPLETION_ALIASES = ("completion", "solution", "response", "output")
 # SFT on preference rows trains their chosen text alone (the control for a preference term).
 SFT_FIELDS = (*COMPLETION_ALIASES, "chosen")
@@ -99,10 +102,11 @@ def validator(objective: str) -> Callable[[dict], dict]:
 # ---------------------------------------------------------------------------------------------- encoding
 
 def _strip_intro(text: str, steps_given: str | None) -> str:
-    """Whole solutions may still start with the CoT prefix the context already ends with."""
-    if steps_given is None and text.lstrip().startswith(STEP_PREFIX):
+    """Whole solutions may still start with the CoT prefix the context already ends with. An empty
+    `initial_reason_steps` (Math-Step-DPO-10K rows whose first step is wrong) gets that prefix too."""
+    if not steps_given and text.lstrip().startswith(STEP_PREFIX):
         return text.lstrip()[len(STEP_PREFIX):]
-    if steps_given is None and text.lstrip().startswith(COT_INTRO + "\n"):
+    if not steps_given and text.lstrip().startswith(COT_INTRO + "\n"):
         return text.lstrip()[len(COT_INTRO) + 1:]
     return text
 
@@ -112,13 +116,6 @@ def context_text(record: dict, template: str, tokenizer: Any) -> str:
     problem = _text_field(record, PROMPT_FIELDS)
     steps_given = record.get("initial_reason_steps")
     return generation_prompt(problem, template, tokenizer, reason_prefix=steps_given or STEP_PREFIX)
-
-
-def encode_context(tokenizer: Any, text: str) -> list[int]:
-    """Same rule as the hf backend's prompt encoding: special tokens (BOS) unless the text already has them."""
-    bos = tokenizer.bos_token
-    add_special = not (bos and text.startswith(bos))
-    return list(tokenizer(text, add_special_tokens=add_special)["input_ids"])
 
 
 def encode_continuation(tokenizer: Any, text: str, *, eos: bool, with_steps: bool = False) -> tuple[list[int], list[int]]:
@@ -174,10 +171,14 @@ def continues(step: str, full: Any) -> bool:
 
 
 def encode_rows(rows: Iterable[dict], tokenizer: Any, template: str, objective: str, max_length: int,
-                stats: EncodeStats | None = None) -> list[Example]:
+                stats: EncodeStats | None = None, *, max_prompt_length: int = 512,
+                step_text: str = "step-end") -> list[Example]:
     """Validated rows -> Examples. Preference rows with an empty chosen/rejected are skipped (counted):
     a pair needs two continuations (the released Math-Step-DPO-10K has ~1.2K rows with empty `rejected`)."""
+    if step_text not in STEP_TEXTS:
+        raise InputError(f"{step_text!r} is not one of {', '.join(STEP_TEXTS)}", field="--step-text")
     stats = stats if stats is not None else EncodeStats()
+    step_end = (lambda step, full: with_step_end(step, full)) if step_text == "step-end" else (lambda step, full: step)
     eos = objective != "step-dpo"  # partial steps must not end in EOS; whole solutions do
     with_steps = objective == "full-step-dpo"
     examples = []
@@ -189,7 +190,7 @@ def encode_rows(rows: Iterable[dict], tokenizer: Any, template: str, objective: 
         if objective == "sft":
             completion = _text_field(row, COMPLETION_ALIASES, required=False)
             if completion is None:  # a preference row: its chosen step, ending as the step-dpo trainer ends it
-                completion = with_step_end(row["chosen"], row.get("full_chosen"))
+                completion = step_end(row["chosen"], row.get("full_chosen"))
                 row_eos = not continues(row["chosen"], row.get("full_chosen"))
             texts = [_strip_intro(completion, steps_given)]
         else:
@@ -198,12 +199,11 @@ def encode_rows(rows: Iterable[dict], tokenizer: Any, template: str, objective: 
                 stats.skipped_empty += 1
                 continue
             if objective == "step-dpo":
-                texts = [with_step_end(texts[0], row.get("full_chosen")),
-                         with_step_end(texts[1], row.get("full_rejected"))]
+                texts = [step_end(texts[0], row.get("full_chosen")), step_end(texts[1], row.get("full_rejected"))]
         prefix = encode_context(tokenizer, context)
         encoded = [encode_continuation(tokenizer, t, eos=row_eos, with_steps=with_steps) for t in texts]
         conts = [ids for ids, _ in encoded]
-        cut = _truncate(prefix, conts, max_length)
+        cut = _truncate(prefix, conts, max_length, max_prompt_length, tokenizer.bos_token_id)
         if cut:
             stats.truncated += 1
             prefix, conts = cut
@@ -218,14 +218,18 @@ def encode_rows(rows: Iterable[dict], tokenizer: Any, template: str, objective: 
     return examples
 
 
-def _truncate(prefix: list[int], conts: list[list[int]], max_length: int):
+def _truncate(prefix: list[int], conts: list[list[int]], max_length: int, max_prompt_length: int = 512,
+              bos_id: int | None = None):
     """Fit context + the longest continuation into `max_length` (the unpacked sequence length, as in TRL):
-    drop the context's oldest tokens first (down to half the budget), then cut continuations' tails."""
+    drop the context's oldest tokens first (down to `max_prompt_length`, the official trainer's 512), then
+    cut continuations' tails. A leading BOS stays: the model never saw a context without it."""
     longest = max(len(c) for c in conts)
     if len(prefix) + longest <= max_length:
         return None
-    keep_prefix = max(min(len(prefix), max_length - longest), min(len(prefix), max_length // 2))
-    prefix = prefix[len(prefix) - keep_prefix:]
+    keep_prefix = max(min(len(prefix), max_length - longest), min(len(prefix), max_prompt_length))
+    if keep_prefix < len(prefix):
+        bos = prefix[:1] if bos_id is not None and prefix and prefix[0] == bos_id else []
+        prefix = bos + prefix[len(prefix) - keep_prefix + len(bos):]
     room = max(max_length - len(prefix), 1)
     return prefix, [c[:room] for c in conts]
 

@@ -43,7 +43,7 @@ def deepspeed_config(spec: str, config: Any) -> dict:
     for key, value in fills.items():
         if ds.get(key, "auto") == "auto":
             ds[key] = value
-    for section, enabled in (("bf16", config.bf16), ("fp16", False)):
+    for section, enabled in (("bf16", config.bf16 or getattr(config, "pure_bf16", False)), ("fp16", False)):
         if isinstance(ds.get(section), dict) and ds[section].get("enabled") == "auto":
             ds[section]["enabled"] = enabled
     return ds
@@ -97,7 +97,8 @@ def relaunch(argv: list[str], *, num_processes: int, config_file: str | None, de
         from ..datasets import iter_rows
         from .data import validator
 
-        for _ in iter_rows(data_path or data, split=split, validate=validator(objective)):
+        for _ in iter_rows(data_path or data, split=split, validate=validator(objective),
+                           skip_invalid="--skip-invalid" in argv):
             pass
     env = dict(os.environ)
     env[LAUNCHED_ENV] = "1"

@@ -45,6 +45,23 @@ def step_weights(scores: list[float], temperature: float, *, chosen: bool) -> to
     return torch.softmax(sign * temperature * s, dim=0) * len(scores)
 
 
+def full_step_logps(total: torch.Tensor, weighted: torch.Tensor) -> torch.Tensor:
+    """Full-Step-DPO's policy log-prob term: the value of `total` (sum over steps of log pi(s_k)), the gradient
+    of `weighted` (sum_k w_k log pi(s_k)).
+
+    The paper (Xu et al. 2025, sec. 3.2) starts from the DPO gradient
+        grad L_DPO = -beta * s(-beta h) * [grad log pi(y_w) - grad log pi(y_l)],
+        h = log pi(y_w)/ref(y_w) - log pi(y_l)/ref(y_l),   log pi(y) = sum_k log pi(s_k | x, s_<k),
+    splits each grad log pi(y) into its steps and weights every step's gradient by its reward:
+        grad L = -beta * s(-beta h) * [sum_k w_k^w grad log pi(s_k^w) - sum_k w_k^l grad log pi(s_k^l)],
+    with w = n * softmax(+-gamma * r) (`step_weights`). The coefficient s(-beta h) is the plain DPO one: the
+    weights sit OUTSIDE the sigmoid. Putting them inside (h built from weighted sums) would also change that
+    coefficient. Feeding `total.detach() + (weighted - weighted.detach())` to the DPO loss does exactly the
+    above: forward values (loss, rewards, margins) are plain DPO's, d/dtheta goes through the weighted sum.
+    gamma = 0 (all w = 1) is DPO, value and gradient."""
+    return total.detach() + (weighted - weighted.detach())
+
+
 def weighted_step_logps(per_step: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
     """(B,) sum_i w_i * logp(step_i); `weights[b]` has one weight per step of row b."""
     out = []
