@@ -10,6 +10,7 @@ run sees exactly the batches the uninterrupted run would have.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -22,6 +23,7 @@ import torch
 from .. import log
 from ..records import InputError, atomic_write_json, derive_seed, iter_jsonl
 from ..templates import MODEL_META_FILE, template_for_model
+from . import packing
 from .data import EncodeStats, Example, encode_rows, num_batches, pack, token_logps, validator
 from .losses import LossConfig, chosen_nll, preference_loss, segment_sums, sft_loss, step_sums, step_weights
 
@@ -66,6 +68,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     attn_implementation: str = "sdpa"
+    max_tokens_per_batch: int = 0  # > 0: padding-free rows of several pairs, <= this many tokens each (packing.py)
     data_split: str = "train"  # --data-split: for hub ids and save_to_disk DatasetDicts
     extra: dict = field(default_factory=dict)
 
@@ -165,8 +168,12 @@ def _mask_dtype(model) -> torch.dtype:
     return torch.float32
 
 
-def forward(model, examples: list[Example], pad_id: int, device, dtype: torch.dtype):
-    """One shared-prefix forward: returns (packed batch on device, (B, T) token log-probs)."""
+def forward(model, examples: list[Example], pad_id: int, device, dtype: torch.dtype,
+            packing_plan: packing.Plan | None = None):
+    """One shared-prefix forward: returns (packed batch on device, (B, T) token log-probs); row b of both is
+    examples[b]. With a packing plan: padding-free rows, or chosen and rejected in separate rows (packing.py)."""
+    if packing.uses_rows(packing_plan, examples):
+        return packing.forward(model, examples, packing_plan, pad_id, device)
     batch = pack(examples, pad_id, dtype)
     for name in ("input_ids", "position_ids", "attention_mask", "target_ids", "source_index", "segment",
                  "step_index"):
@@ -190,7 +197,7 @@ def per_step_logps(tok: torch.Tensor, batch, examples: list[Example]) -> tuple[l
 
 
 def compute_reference(model, examples: list[Example], accelerator, config: TrainConfig, pad_id: int,
-                      cache: dict) -> dict:
+                      cache: dict, packing_plan: packing.Plan | None = None) -> dict:
     """Fill `cache[key] = (chosen per-step logps, rejected per-step logps)` for missing examples, sharded over
     processes (every rank runs the same number of forwards: ZeRO-3 needs that), then gathered to all."""
     from accelerate.utils import gather_object
@@ -206,9 +213,8 @@ def compute_reference(model, examples: list[Example], accelerator, config: Train
     results = []
     model.eval()
     with torch.no_grad():
-        for i in range(0, len(mine), config.batch_size):
-            chunk = mine[i:i + config.batch_size]
-            batch, tok = forward(model, chunk, pad_id, accelerator.device, dtype)
+        for chunk in packing.reference_chunks(mine, config.batch_size, packing_plan):
+            batch, tok = forward(model, chunk, pad_id, accelerator.device, dtype, packing_plan)
             cs, rs = per_step_logps(tok, batch, chunk)
             results.extend((e.key, c.cpu(), r.cpu()) for e, c, r in zip(chunk, cs, rs))
     model.train()
@@ -288,6 +294,8 @@ def train(config: TrainConfig, emit: Callable[[dict], None] | None = None) -> di
             log.warn(f"truncated {stats.truncated} row(s) to --max-length {config.max_length}")
 
     model = _load_model(config, model_path)
+    packing_plan = packing.plan_for(model, config.max_tokens_per_batch, accelerator.device,
+                                    deepspeed=bool(config.deepspeed), say=main)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch, total_steps = _schedule(config, len(examples), world)
@@ -300,7 +308,7 @@ def train(config: TrainConfig, emit: Callable[[dict], None] | None = None) -> di
     started = time.perf_counter()  # "seconds" in the summary: reference pass + steps (no load/save)
     ref: dict = {}
     if config.preference:
-        ref = _reference_logps(model, examples, accelerator, config, pad_id, model_path, template)
+        ref = _reference_logps(model, examples, accelerator, config, pad_id, model_path, template, packing_plan)
 
     start_step = 0
     checkpoints = _checkpoints(config.output) if config.resume else []
@@ -331,9 +339,8 @@ def train(config: TrainConfig, emit: Callable[[dict], None] | None = None) -> di
             for micro in plan[index]:
                 with accelerator.accumulate(model):
                     batch_examples = [examples[i] for i in micro]
-                    loss, metrics = _micro_step(model, batch_examples, ref, loss_config, pad_id,
-                                                accelerator.device, dtype)
-                    accelerator.backward(loss)
+                    metrics = _micro_backward(accelerator, model, batch_examples, ref, loss_config, pad_id, dtype,
+                                              packing_plan)
                     grad_norm = None
                     if accelerator.sync_gradients:
                         grad_norm = accelerator.clip_grad_norm_(model.parameters(),
@@ -368,7 +375,7 @@ def train(config: TrainConfig, emit: Callable[[dict], None] | None = None) -> di
     return summary
 
 
-def _reference_logps(model, examples, accelerator, config, pad_id, model_path, template) -> dict:
+def _reference_logps(model, examples, accelerator, config, pad_id, model_path, template, packing_plan=None) -> dict:
     """Reference log-probs of the initial policy, cached beside the output (reused on resume)."""
     path = os.path.join(config.output, REF_FILE)
     fingerprint = {"model": os.path.abspath(model_path) if os.path.exists(model_path) else model_path,
@@ -381,7 +388,7 @@ def _reference_logps(model, examples, accelerator, config, pad_id, model_path, t
             cache = stored["logps"]
     before = len(cache)
     t0 = time.perf_counter()
-    cache = compute_reference(model, examples, accelerator, config, pad_id, cache)
+    cache = compute_reference(model, examples, accelerator, config, pad_id, cache, packing_plan)
     if len(cache) != before:
         if accelerator.is_main_process:
             torch.save({"fingerprint": fingerprint, "logps": cache}, path)
@@ -391,8 +398,34 @@ def _reference_logps(model, examples, accelerator, config, pad_id, model_path, t
     return cache
 
 
-def _micro_step(model, examples: list[Example], ref: dict, lc: LossConfig, pad_id: int, device, dtype):
-    batch, tok = forward(model, examples, pad_id, device, dtype)
+def _micro_backward(accelerator, model, examples: list[Example], ref: dict, lc: LossConfig, pad_id: int, dtype,
+                    packing_plan: packing.Plan | None = None) -> dict:
+    """Forward + backward of one micro-batch. Packed, it runs as forwards of one row each (memory bounded by
+    --max-tokens-per-batch), each loss weighted by its share of the micro-batch's mean (pairs; SFT: tokens), so
+    the summed gradients and the metrics equal one forward's."""
+    groups = packing.forward_groups(examples, packing_plan) if packing_plan is not None else [examples]
+    total = _loss_units(examples, lc)
+    metrics: dict[str, float] = {}
+    for n, group in enumerate(groups):
+        share = _loss_units(group, lc) / total if len(groups) > 1 else 1.0
+        with contextlib.nullcontext() if n == len(groups) - 1 else accelerator.no_sync(model):
+            loss, part = _micro_step(model, group, ref, lc, pad_id, accelerator.device, dtype, packing_plan)
+            accelerator.backward(loss * share if len(groups) > 1 else loss)
+        for k, v in part.items():
+            metrics[k] = metrics.get(k, 0.0) + share * v
+    return metrics
+
+
+def _loss_units(examples: list[Example], lc: LossConfig) -> float:
+    """What the micro-batch loss averages over: pairs, or (SFT) continuation tokens."""
+    if lc.objective == "sft":
+        return float(max(sum(len(e.chosen) + len(e.rejected) for e in examples), 1))
+    return float(len(examples))
+
+
+def _micro_step(model, examples: list[Example], ref: dict, lc: LossConfig, pad_id: int, device, dtype,
+                packing_plan: packing.Plan | None = None):
+    batch, tok = forward(model, examples, pad_id, device, dtype, packing_plan)
     if lc.objective == "sft":
         loss = sft_loss(tok, batch.segment)
         return loss, {"loss": loss.item()}
