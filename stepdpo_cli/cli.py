@@ -495,6 +495,10 @@ def train(
     scheduler: Annotated[str, typer.Option(help="cosine | linear | constant (with warmup).")] = "cosine",
     warmup_ratio: Annotated[float, typer.Option(help="Warmup fraction of the steps.")] = 0.1,
     max_length: Annotated[int, typer.Option(help="Max tokens of context + longest continuation.")] = 1024,
+    max_tokens_per_batch: Annotated[int, typer.Option(help="Pack several pairs per row with no padding, rows of "
+                                                           "at most this many tokens, one row per forward (0: one "
+                                                           "left-padded row per pair). --batch-size stays pairs "
+                                                           "per micro-step.")] = 0,
     template: Annotated[Optional[str], typer.Option(help="Prompt template (default: the model's recorded one, "
                                                          "else chat/raw); must match sample.")] = None,
     seed: SeedOpt = 42,
@@ -532,6 +536,8 @@ def train(
                                  ("--report-to", report_to, ("none", "tensorboard"))):
         if value not in allowed:
             raise InputError(f"{value!r} is not one of {', '.join(allowed)}", field=name)
+    if max_tokens_per_batch < 0:
+        raise InputError("must be >= 0", field="--max-tokens-per-batch")
     # Libraries (DeepSpeed's logger, accelerate) print to stdout; stdout must carry only metrics JSONL.
     # Metrics go to a duplicate of the real stdout, and fd 1 is pointed at stderr for everything else.
     sys.stdout.flush()
@@ -553,6 +559,7 @@ def train(
         nll_weight=nll_weight, step_temperature=step_temperature, save_steps=save_steps,
         logging_steps=logging_steps, resume=resume, report_to=report_to, deepspeed=deepspeed,
         max_steps=max_steps, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
+        max_tokens_per_batch=max_tokens_per_batch,
     )
 
     metrics_out = os.fdopen(metrics_fd, "wb")
