@@ -209,3 +209,38 @@ def iter_rows(data: str, *, split: str = "train", validate: Callable[[dict], dic
             continue
         stats.read += 1
         yield record
+
+
+# ---------------------------------------------------------------------------------------------- ProcessBench
+
+PROCESSBENCH = "Qwen/ProcessBench"
+PROCESSBENCH_SPLITS = ("gsm8k", "math", "olympiadbench", "omnimath")
+
+
+def load_processbench(name_or_path: str = PROCESSBENCH, split: str = "gsm8k",
+                      limit: int | None = None) -> Iterator[dict]:
+    """ProcessBench rows (`id`, `generator`, `problem`, `steps`, `final_answer_correct`, `label` = 0-based first
+    wrong step or -1) from the hub id or a local copy in its shape (save_to_disk folder, parquet, jsonl, ...),
+    checked and given `dataset` = "processbench/SPLIT". `scoring.score_localizer` reads their `label`.
+    ProcessBench has no reference answers: localize them with a judge prompt that does not need {answer}."""
+    from .scoring import gold_from_label
+
+    table = load_rows(name_or_path, split) if not is_jsonl_source(name_or_path) else iter_jsonl(name_or_path)
+    for index, row in enumerate(itertools.islice(table, limit)):
+        record = dict(row)
+        try:
+            if not isinstance(record.get("problem"), str):
+                raise InputError("must be a string", field="problem")
+            steps = record.get("steps")
+            if not isinstance(steps, list) or not steps or not all(isinstance(s, str) for s in steps):
+                raise InputError("must be a non-empty list of strings", field="steps")
+            first = gold_from_label(record.get("label"))
+            if first is not None and first > len(steps):
+                raise InputError(f"points past the last of {len(steps)} steps", field="label")
+            if record.get("id") is None:
+                raise InputError("missing", field="id")
+        except InputError as exc:
+            raise InputError(exc.message, source=f"{name_or_path} row {index}", field=exc.field) from None
+        record["id"] = str(record["id"])
+        record.setdefault("dataset", f"processbench/{split}")
+        yield record

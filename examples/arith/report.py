@@ -13,6 +13,8 @@ import os
 import statistics
 from collections import defaultdict
 
+from stepdpo_cli.scoring import gold_steps, score_localizer
+
 LABELS = {"sft": "SFT (shipped checkpoint)", "stepdpo": "Step-DPO (self-generated chosen step)",
           "dpo": "DPO (whole solutions, same material)", "ood": "Step-DPO, OOD chosen step (verifier rewrite)",
           "control": "SFT on the Step-DPO rows' chosen steps (no preference term)"}
@@ -222,15 +224,23 @@ def main() -> int:
         out.append("")
     rollout = read_jsonl(os.path.join(work, "localized_rollout.jsonl"))
     if rollout:
-        truth = {r["id"]: r.get("first_error_step") for r in localized}
-        both = [r for r in rollout if r["id"] in truth]
-        decided = [r for r in both if r.get("localize_status") != "undecided"]
-        agree = sum(1 for r in decided if r.get("first_error_step") == truth[r["id"]])
+        # The exact verifier is the gold label; scored with ProcessBench's metric (stepdpo_cli.scoring).
+        score = score_localizer(rollout, gold_steps(localized))
+        wrong, right = score["confusion_erroneous"], score["confusion_correct"]
         spent = sum(int(r.get("rollouts_spent") or 0) for r in rollout)
-        out.append(f"- rollout localizer (second run, {len(rollout)} solutions, binary search): "
-                   f"{len(both) - len(decided)} undecided (the policy never solved the problem from scratch); "
-                   f"agrees with the verifier on {agree} of the {len(decided)} decided "
-                   f"({pct(agree / max(1, len(decided)))}%); {spent} rollouts spent")
+
+        def rate(value: float | None) -> str:
+            return "-" if value is None else pct(value)
+        out += ["", f"Rollout localizer (second run, {len(rollout)} solutions, binary search, {spent} rollouts) "
+                "scored against the verifier's first wrong step, ProcessBench's metric:", "",
+                "| solutions | acc. on erroneous (exact step) | acc. on correct | F1 | exact-step acc. | "
+                "erroneous: early / exact / late / missed / undecided | correct: no error / false alarm / undecided |",
+                "|---|---|---|---|---|---|---|",
+                f"| {score['records']} | {rate(score['accuracy_erroneous'])} | {rate(score['accuracy_correct'])} | "
+                f"{rate(score['f1'])} | {rate(score['exact_step_accuracy'])} | "
+                f"{wrong['early']} / {wrong['exact']} / {wrong['late']} / {wrong['missed']} / {wrong['undecided']} | "
+                f"{right['no_error']} / {right['false_alarm']} / {right['undecided']} |", "",
+                "Undecided = the policy never solved the problem from scratch (`--check-root`)."]
 
     # ---- training
     out += ["", "## Preference training", "",
