@@ -189,9 +189,10 @@ def refuse_overwriting_input(input: str | None, output: str | None) -> None:
 class RecordWriter:
     """Writes JSONL (gzip for `.gz`) to stdout or a file, one write per record or group of records.
 
-    A fresh run writes to `{path}.partial` and renames it over `path` in `close()`, so a run that fails
-    before finishing anything leaves an existing `path` as it was; one that finished records keeps them
-    (interrupt, full disk) for `--resume`. With `resume`, a `.partial` left by a killed run is adopted, then
+    A fresh run writes to `{path}.partial` and renames it over `path` when it ends or is interrupted, so an
+    existing `path` is replaced only by a run that finished, or by an interrupted run's finished records. A run
+    that fails (bad input, a full disk, a model error) leaves `path` as it was and its finished records in
+    `.partial`. With `resume`, a `.partial` left by a killed run is adopted, then
     the output is appended to: a torn last line is cut off, and with `group_key` (the input a record came from,
     for stages that write several records per input) the last input's records are cut too, since the run may
     have died before all of them were written. The ids left are `done_ids`.
@@ -254,27 +255,39 @@ class RecordWriter:
             self._size += len(data)
         self.written += data.count(b"\n")
 
-    def close(self, *, keep: bool = True) -> None:
-        """Finish the file. A fresh run's `.partial` replaces `path` when `keep`, else it is removed."""
+    def close(self, outcome: str = "done") -> str | None:
+        """Finish the file. `outcome`: done | interrupted | failed. A fresh run's `.partial` replaces `path`
+        when done, or interrupted with records written; a failed run with records written leaves it for
+        --resume (returned); else it is removed."""
         if self._raw is None or self._raw.closed:
-            return
+            return None
+        keep = outcome == "done" or (outcome == "interrupted" and self.written > 0)
+        left = self._temp if outcome == "failed" and self.written > 0 else None
         try:
             if isinstance(self._handle, gzip.GzipFile):
                 self._handle.close()
             os.fsync(self._raw.fileno())
         finally:
             self._raw.close()
-            if self._temp is not None:
+            if self._temp is not None and not left:
                 if keep:
                     os.replace(self._temp, self.path)  # type: ignore[arg-type]
                 else:
                     os.unlink(self._temp)
+        return left
 
     def __enter__(self) -> "RecordWriter":
         return self
 
-    def __exit__(self, exc_type: object, *exc: object) -> None:
-        self.close(keep=exc_type is None or self.written > 0)
+    def __exit__(self, exc_type: Any, *exc: object) -> None:
+        self.close(outcome_of(exc_type))
+
+
+def outcome_of(exc_type: Any) -> str:
+    """The `RecordWriter.close` outcome for how a run ended (None: no exception)."""
+    if exc_type is None:
+        return "done"
+    return "interrupted" if issubclass(exc_type, KeyboardInterrupt) else "failed"
 
 
 def _complete_lines(path: str) -> Iterator[tuple[int, bytes]]:

@@ -133,10 +133,11 @@ def test_resume_repairs_a_torn_file_skips_done_ids_and_never_duplicates(tmp_path
 
 
 def test_output_is_flushed_per_record_so_a_killed_run_loses_nothing_finished(tmp_path):
-    """Feed records one by one, kill -9 the stage mid-stream: every record it finished is complete on disk."""
-    out = tmp_path / "graded.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "stepdpo_cli", "grade", "-o", str(out)], cwd=ROOT,
-                            stdin=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    """Feed records one by one, kill -9 the stage mid-stream: every record it finished is complete on disk
+    (in OUT.partial, which --resume continues)."""
+    out = tmp_path / "graded.jsonl.partial"
+    proc = subprocess.Popen([sys.executable, "-m", "stepdpo_cli", "grade", "-o", str(tmp_path / "graded.jsonl")],
+                            cwd=ROOT, stdin=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
         for i, record in enumerate(GOOD[:3]):
             proc.stdin.write(jsonl(record).encode())
@@ -150,6 +151,9 @@ def test_output_is_flushed_per_record_so_a_killed_run_loses_nothing_finished(tmp
         proc.wait()
     assert [r["id"] for r in read_records(out)] == ["r0", "r1", "r2"]
     assert out.read_bytes().endswith(b"\n")
+    resumed = run_cli("grade", "-o", str(tmp_path / "graded.jsonl"), "--resume", input=jsonl(*GOOD))
+    assert resumed.returncode == 0 and "left by an interrupted run" in resumed.stderr.decode()
+    assert [r["id"] for r in read_records(tmp_path / "graded.jsonl")] == [r["id"] for r in GOOD]
 
 
 def test_ctrl_c_exits_130_with_a_resume_hint(tmp_path):
@@ -159,7 +163,7 @@ def test_ctrl_c_exits_130_with_a_resume_hint(tmp_path):
     proc.stdin.write(jsonl(GOOD[0]).encode())
     proc.stdin.flush()
     deadline = time.monotonic() + 60
-    while not (out.exists() and out.read_bytes().endswith(b"\n")):
+    while not (os.path.exists(f"{out}.partial") and open(f"{out}.partial", "rb").read().endswith(b"\n")):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
@@ -188,7 +192,7 @@ def test_stepdpo_debug_shows_the_traceback_for_developers(debug):
 def test_output_onto_the_input_file_is_refused_before_it_is_emptied(tmp_path):
     path = tmp_path / "data.jsonl"
     path.write_text(jsonl(*GOOD))
-    assert_one_line_error(run_cli("grade", "-i", str(path), "-o", str(path)), "same file as -i")
+    assert_one_line_error(run_cli("grade", "-i", str(path), "-o", str(path)), "same file as the input")
     assert [r["id"] for r in read_records(path)] == [r["id"] for r in GOOD]
 
 

@@ -371,3 +371,19 @@ def test_a_failed_fresh_run_leaves_the_old_output_alone(tmp_path):
         with RecordWriter(str(out)):
             raise RuntimeError("model failed to load")
     assert out.read_text() == '{"id": "old"}\n' and not os.path.exists(partial_path(str(out)))
+
+
+def test_a_failed_run_keeps_its_finished_records_aside_and_an_interrupted_one_moves_them_in(tmp_path):
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"id": "old"}\n')
+    with pytest.raises(InputError):
+        with RecordWriter(str(out)) as writer:
+            writer.write({"id": "new"})
+            raise InputError("bad line 2")
+    assert out.read_text() == '{"id": "old"}\n' and read_records(partial_path(str(out))) == [{"id": "new"}]
+    with pytest.raises(KeyboardInterrupt):
+        with RecordWriter(str(out), resume=True) as writer:  # adopts the .partial, then is interrupted
+            assert writer.done_ids == {"new"}
+            writer.write({"id": "newer"})
+            raise KeyboardInterrupt
+    assert read_records(str(out)) == [{"id": "new"}, {"id": "newer"}]
