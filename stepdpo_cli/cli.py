@@ -284,6 +284,11 @@ def localize(
     judge_endpoint: Annotated[str, typer.Option(help="judge: openai endpoint (chat | completions).")] = "chat",
     neutral_is_error: Annotated[bool, typer.Option(help="judge: a 'neutral' step counts as the error (official).")] = False,
     judge_max_tokens: Annotated[int, typer.Option(help="judge: max tokens of the judge's answer.")] = 1024,
+    max_requests: Annotated[Optional[int], typer.Option(help="judge: stop cleanly after this many judge requests "
+                                                             "(one per record); --resume continues.")] = None,
+    max_tokens_total: Annotated[Optional[int], typer.Option(help="judge: stop cleanly once the judge's prompt + "
+                                                                 "completion tokens reach this (checked per batch); "
+                                                                 "--resume continues.")] = None,
     model: Annotated[Optional[str], typer.Option(help="rollout: the policy's model spec.")] = None,
     backend: Annotated[Optional[str], typer.Option(help="Backend when the spec has no prefix (hf, vllm, openai).")] = None,
     base_url: Annotated[Optional[str], typer.Option(help="openai: server URL for --model/--judge (else $OPENAI_BASE_URL).")] = None,
@@ -312,6 +317,9 @@ def localize(
     log.set_quiet(quiet)
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}", field="--method")
+    if method != "judge" and (max_requests is not None or max_tokens_total is not None):
+        raise InputError("only with --method judge", field="--max-requests" if max_requests is not None
+                         else "--max-tokens-total")
     options: dict[str, Any] = {}
     if method == "verifier":
         from .localizers.verifier import load_callable
@@ -321,8 +329,11 @@ def localize(
         options = {"fn": load_callable(verifier), "spec": verifier}
     elif method == "judge":
         from .backends.base import load_backend, parse_model_spec
-        from .localizers.judge import load_judge_prompt
+        from .localizers.judge import JudgeBudget, load_judge_prompt
 
+        for name, limit in (("--max-requests", max_requests), ("--max-tokens-total", max_tokens_total)):
+            if limit is not None and limit < 1:
+                raise InputError(f"must be >= 1, got {limit}", field=name)
         if not judge:
             raise InputError("--method judge needs --judge SPEC (e.g. openai:gpt-4o)", field="--judge")
         prompt = load_judge_prompt(judge_prompt)
@@ -334,7 +345,8 @@ def localize(
             extra["device"] = device
         options = {"backend": load_backend(judge, backend, **extra), "spec": judge, "prompt_template": prompt,
                    "prompt_name": judge_prompt or "default", "neutral_is_error": neutral_is_error,
-                   "max_tokens": judge_max_tokens, "batch_size": batch_size, "seed": seed}
+                   "max_tokens": judge_max_tokens, "batch_size": batch_size, "seed": seed,
+                   "budget": JudgeBudget(max_requests, max_tokens_total)}
     else:
         from .localizers.rollout import SEARCHES
 
@@ -362,6 +374,10 @@ def localize(
         if "backend" in options:
             options["backend"].close()
     log.summary(f"localize ({method})", localize_summary(counts, stats.invalid))
+    budget = options.get("budget")
+    if budget is not None and budget.stopped_by:
+        log.warn(f"stopped by {budget.stopped_by} after {budget.requests} judge request(s), {budget.tokens} "
+                 f"token(s); every judged record is written: rerun with --resume (and a larger budget) to continue")
 
 
 @app.command("score-localizer", epilog="Example: stepdpo score-localizer -i processbench_judged.jsonl; "

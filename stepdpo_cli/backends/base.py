@@ -42,6 +42,9 @@ class Completion:
     finish_reason: str  # "stop" (EOS or a stop string) or "length"
     logprobs: list[float] | None = None
     stop_reason: str | None = None  # the stop string matched, if any
+    # Prompt tokens the server billed for the request (openai `usage`; on its first completion only, so sums
+    # count each request once); None when the backend does not report them.
+    prompt_tokens: int | None = None
 
 
 class Backend(Protocol):

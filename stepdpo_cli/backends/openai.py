@@ -175,6 +175,7 @@ class OpenAIBackend:
                      params: SamplingParams) -> list[Completion]:
         out = []
         total_tokens = getattr(getattr(response, "usage", None), "completion_tokens", None)
+        prompt_tokens = getattr(getattr(response, "usage", None), "prompt_tokens", None)
         lengths = [len(text or "") for text, _, _, _ in choices]
         for (text, finish, logprobs, raw), length in zip(choices, lengths):
             text = text or ""
@@ -193,7 +194,9 @@ class OpenAIBackend:
                 num_tokens = 0
             reason = "stop" if matched else ("length" if finish == "length" else "stop")
             out.append(Completion(text=cut, num_tokens=num_tokens, finish_reason=reason, logprobs=logprobs,
-                                  stop_reason=stop_reason))
+                                  stop_reason=stop_reason,
+                                  prompt_tokens=(prompt_tokens if isinstance(prompt_tokens, int) else None)
+                                  if not out else 0))
         return out
 
     # ------------------------------------------------------------------------------------ HTTP + retries

@@ -204,10 +204,50 @@ def reference_for(record: dict) -> str:
     return text
 
 
+@dataclass
+class JudgeBudget:
+    """Limits on what a localize run may spend on the judge (--max-requests, --max-tokens-total).
+
+    Checked before each batch: a batch is cut to the requests left, and once the tokens spent (prompt +
+    completion) reach the limit no further batch is sent. The run then ends cleanly with every judged record
+    written, and `--resume` continues where it stopped. The token limit can be passed by at most one batch.
+    """
+    max_requests: int | None = None
+    max_tokens: int | None = None
+    requests: int = 0
+    tokens: int = 0
+    stopped_by: str | None = None  # the option that ended the run early
+
+    def allowed(self, wanted: int) -> int:
+        if self.max_tokens is not None and self.tokens >= self.max_tokens:
+            self.stopped_by = "--max-tokens-total"
+            return 0
+        if self.max_requests is not None and self.requests + wanted > self.max_requests:
+            left = max(0, self.max_requests - self.requests)
+            if left == 0:
+                self.stopped_by = "--max-requests"
+            return left
+        return wanted
+
+    def spend(self, usage: dict) -> None:
+        self.requests += usage["requests"]
+        self.tokens += usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+def _usage(completion: Any, prompt: str, tokenizer: Any) -> dict:
+    """One judge request's token usage: the server's count, else the local tokenizer's, else 0."""
+    prompt_tokens = getattr(completion, "prompt_tokens", None)
+    if prompt_tokens is None and tokenizer is not None:
+        prompt_tokens = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    return {"requests": 1, "prompt_tokens": int(prompt_tokens or 0),
+            "completion_tokens": int(completion.num_tokens) if completion is not None else 0}
+
+
 def ask_judge(backend: Backend, prompt_template: str, items: Sequence[tuple[str, Any, Sequence[str], int]], *,
-              neutral_is_error: bool = False, max_tokens: int = 1024,
-              temperature: float = 0.0) -> list[tuple[str, JudgeParse]]:
-    """One batched judge call for (problem, answer, steps, seed) items -> (raw text, parsed verdicts) each."""
+              neutral_is_error: bool = False, max_tokens: int = 1024, temperature: float = 0.0,
+              usage: list[dict] | None = None) -> list[tuple[str, JudgeParse]]:
+    """One batched judge call for (problem, answer, steps, seed) items -> (raw text, parsed verdicts) each.
+    `usage`, when given, gets each item's {requests, prompt_tokens, completion_tokens} appended."""
     tokenizer = backend.tokenizer
     prompts = [build_judge_prompt(prompt_template, problem, answer, steps) for problem, answer, steps, _ in items]
     if getattr(tokenizer, "chat_template", None):  # a local chat model needs its markup; servers apply theirs
@@ -215,31 +255,48 @@ def ask_judge(backend: Backend, prompt_template: str, items: Sequence[tuple[str,
     requests = [Request(p, item[3], 1) for p, item in zip(prompts, items)]
     outputs = backend.generate(requests, SamplingParams(n=1, temperature=temperature, max_tokens=max_tokens))
     answers = []
-    for item, completions in zip(items, outputs):
+    for item, prompt, completions in zip(items, prompts, outputs):
         raw = completions[0].text if completions else ""
         answers.append((raw, parse_verdicts(raw, len(item[2]), neutral_is_error=neutral_is_error)))
+        if usage is not None:
+            usage.append(_usage(completions[0] if completions else None, prompt, tokenizer))
     return answers
 
 
 def judge_records(records: Iterable[dict], backend: Backend, *, spec: str = "", prompt_template: str,
                   prompt_name: str = "default", neutral_is_error: bool = False, max_tokens: int = 1024,
-                  temperature: float = 0.0, batch_size: int = 16, seed: int = 0) -> Iterator[list[dict]]:
-    """Ask the judge about each record (batched); yields each batch of localized records as a list."""
+                  temperature: float = 0.0, batch_size: int = 16, seed: int = 0,
+                  budget: JudgeBudget | None = None) -> Iterator[list[dict]]:
+    """Ask the judge about each record (batched); yields each batch of localized records as a list.
+    Each record gets `judge_usage` {requests, prompt_tokens, completion_tokens}; a `budget` ends the run early
+    (its `stopped_by` says which limit) once spent."""
     from ..records import batched, derive_seed
 
     settings = {"method": "judge", "judge": spec, "neutral_is_error": neutral_is_error, "prompt": prompt_name,
                 "temperature": temperature, "max_tokens": max_tokens, "seed": seed}
     for batch in batched(records, batch_size):
+        allowed = budget.allowed(len(batch)) if budget is not None else len(batch)
+        if allowed == 0:
+            return
+        cut = allowed < len(batch)
+        batch = batch[:allowed]
         items = [(r["problem"], reference_for(r), r["steps"], derive_seed(seed, r["id"], "judge")) for r in batch]
+        usage: list[dict] = []
         answers = ask_judge(backend, prompt_template, items, neutral_is_error=neutral_is_error,
-                            max_tokens=max_tokens, temperature=temperature)
-        for record, (raw, parsed) in zip(batch, answers):
+                            max_tokens=max_tokens, temperature=temperature, usage=usage)
+        for record, (raw, parsed), spent in zip(batch, answers, usage):
             record["first_error_step"] = parsed.first_error
             record["step_verdicts"] = parsed.verdicts
             record["localize_status"] = parsed.status
             record["judge_raw"] = raw
+            record["judge_usage"] = spent
             record["localizer"] = dict(settings)
+            if budget is not None:
+                budget.spend(spent)
         yield batch
+        if cut and budget is not None:
+            budget.stopped_by = "--max-requests"
+            return
 
 
 def winner_judge(spec: str, prompt_file: str | None = None) -> Callable[[list[tuple]], list[bool]]:

@@ -2,8 +2,8 @@
 
 Adds `first_error_step` (1-based, or null), `localize_status` (error_found | no_error | undecided),
 `localizer` ({method, settings...}) and the method's evidence (`judge_raw`/`step_verdicts`,
-`step_scores`/`rollouts_spent`, `step_verdicts`/`reference_step`). Every record is kept: `pair` skips the
-ones without an error step.
+`step_scores`/`rollouts_spent`, `step_verdicts`/`reference_step`; the judge's token usage `judge_usage`). Every
+record is kept: `pair` skips the ones without an error step.
 """
 from __future__ import annotations
 
@@ -62,6 +62,8 @@ def localize_records(records: Iterable[dict], method: str, *, counts: dict | Non
             counts["records"] = counts.get("records", 0) + 1
             if record.get("first_error_step") is not None:
                 counts["step_sum"] = counts.get("step_sum", 0) + record["first_error_step"]
+            for key, value in (record.get("judge_usage") or {}).items():
+                counts[f"judge_{key}"] = counts.get(f"judge_{key}", 0) + value
         yield item
 
 
@@ -73,6 +75,9 @@ def localize_summary(counts: dict, invalid: int = 0) -> dict:
               "mean_first_error_step": counts.get("step_sum", 0) / found if found else 0.0}
     if "rollouts" in counts:
         values["rollouts"] = counts["rollouts"]
+    for key in ("judge_requests", "judge_prompt_tokens", "judge_completion_tokens"):  # the judge's cost
+        if key in counts:
+            values[key] = counts[key]
     if invalid:
         values["invalid"] = invalid
     return values
