@@ -14,7 +14,8 @@ import typer
 from typing_extensions import Annotated
 
 from . import log
-from .records import InputError, ReadStats, RecordWriter, iter_jsonl
+from .records import (DEFAULT_MAX_LINE_BYTES, InputError, ReadStats, RecordWriter, check_input, iter_jsonl,
+                      outcome_of, partial_path, refuse_overwriting_input)
 
 app = typer.Typer(
     name="stepdpo",
@@ -32,6 +33,10 @@ OutputOpt = Annotated[Optional[str], typer.Option("-o", "--output", help="Output
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Skip records whose id is already in -o; append.")]
 SkipInvalidOpt = Annotated[bool, typer.Option("--skip-invalid", help="Log and skip bad records instead of exit 2.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (recorded in outputs).")]
+SEED = 0  # the one default of --seed, every command
+MaxLineBytesOpt = Annotated[int, typer.Option(
+    "--max-line-bytes", help="Refuse an input line longer than this (exit 2 naming file and line; "
+    "--skip-invalid skips it) before parsing it, so memory stays bounded. Default 1 MiB.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary on stderr.")]
 
 
@@ -66,20 +71,30 @@ def run_records(
     validate: Callable[[dict], dict] | None = None,
     done_filter: Callable[[dict, set[str]], bool] | None = None,
     source: Iterable[dict] | None = None,
+    group_key: Callable[[dict], Any] | None = None,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
 ) -> tuple[ReadStats, RecordWriter]:
-    """Read -> validate -> (skip done) -> stage -> write, flushing per record or per yielded group."""
+    """Read -> validate -> (skip done) -> stage -> write, flushing per record or per yielded group.
+
+    `group_key(output record)`: the input a record came from, for stages that write several per input (resume
+    then redoes the last input in -o whole). The output is opened only once the input is known readable and
+    is not -o. A failed run (bad input, full disk) leaves an existing -o untouched and its finished records in
+    -o.partial; an interrupted one moves what it finished to -o. --resume continues from either."""
     if resume and not output:
         raise InputError("--resume needs -o FILE", field="--resume")
-    if input and output and input != "-" and output != "-" and os.path.exists(input) and os.path.exists(output) \
-            and os.path.samefile(input, output):
-        # Opening -o would empty the input before a single line is read.
-        raise InputError("is the same file as -i; write to another file", source=output, field="--output")
+    if source is None:
+        check_input(input)
+    refuse_overwriting_input(input, output)
     stats = ReadStats()
-    writer = RecordWriter(output, resume=resume)
+    writer = RecordWriter(output, resume=resume, group_key=group_key)
+    if writer.adopted_partial:
+        log.log(f"resume: continuing from {output}.partial, left by an interrupted run")
+    outcome = "failed"
     try:
         # `source`: records that do not come from a JSONL file (e.g. eval --dataset gsm8k).
         records: Iterable[dict] = source if source is not None else iter_jsonl(
-            input, skip_invalid=skip_invalid, stats=stats, validate=validate, log=log.warn)
+            input, skip_invalid=skip_invalid, stats=stats, validate=validate, log=log.warn,
+            max_line_bytes=max_line_bytes)
         if resume and writer.done_ids:
             done = writer.done_ids
             is_done = done_filter or (lambda record, ids: str(record.get("id")) in ids)
@@ -97,8 +112,14 @@ def run_records(
                 writer.write_many(item)
             else:
                 writer.write(item)
+        outcome = "done"
+    except BaseException as exc:
+        outcome = outcome_of(type(exc))
+        raise
     finally:
-        writer.close()
+        left = writer.close(outcome)
+        if left:
+            log.log(f"{writer.written} finished record(s) kept in {left}; --resume continues from them")
     if stats.invalid:
         log.warn(f"{stats.invalid} invalid record(s) skipped")
     if stats.skipped_done:
@@ -109,6 +130,7 @@ def run_records(
 def main() -> None:
     """Entry point: maps failures to exit codes (2 input/usage, 1 runtime, 130 interrupted), no tracebacks."""
     signal.signal(signal.SIGPIPE, signal.SIG_DFL) if hasattr(signal, "SIGPIPE") else None
+    signal.signal(signal.SIGTERM, _raise_terminated)  # `kill`, a job scheduler: end as Ctrl-C does
     debug = bool(os.environ.get("STEPDPO_DEBUG"))
     interrupted = "interrupted: every finished record is on disk; rerun with --resume to continue"
     click_error, click_abort = _click_exception_types()
@@ -121,18 +143,36 @@ def main() -> None:
         code = getattr(exc, "exit_code", None) if isinstance(exc, typer.Exit) else exc.code
         sys.exit(code or 0)
     except KeyboardInterrupt:
-        _die(interrupted, 130, debug)
+        _die(interrupted, _interrupt_code(), debug)
     except Exception as exc:  # noqa: BLE001 - the one place runtime failures become exit 1
         if isinstance(exc, click_error):  # usage errors: click's own message, exit 2
             exc.show()
             sys.exit(exc.exit_code)
         if isinstance(exc, click_abort):  # click turns Ctrl-C (and EOF at a prompt) into Abort
-            _die(interrupted, 130, debug)
+            _die(interrupted, _interrupt_code(), debug)
         _die(f"error: {type(exc).__name__}: {exc}".splitlines()[0], 1, debug)
     if result == 130 and not isinstance(result, bool):  # newer typer turns Ctrl-C into a returned 130
-        _die(interrupted, 130, debug)
+        _die(interrupted, _interrupt_code(), debug)
     if isinstance(result, int) and not isinstance(result, bool):
         sys.exit(result)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so the same cleanup as Ctrl-C runs (exit 143)."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    global _terminated
+    _terminated = True
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
+    raise Terminated()
+
+
+_terminated = False
+
+
+def _interrupt_code() -> int:
+    return 143 if _terminated else 130
 
 
 def _click_exception_types() -> tuple[tuple[type, ...], tuple[type, ...]]:
@@ -164,17 +204,67 @@ BackendOpt = Annotated[Optional[str], typer.Option("--backend", help="hf | vllm 
 TemplateOpt = Annotated[Optional[str], typer.Option(
     "--template", help="chat | alpaca | qwen2-boxed | deepseek-math | raw (default: the model dir's stepdpo.json, "
     "else chat when the tokenizer has a chat template, else raw).")]
-BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Sequences decoded together (hf); problems per "
-                                           "backend call = batch-size / n.")]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Sequences generated per backend call (hf decodes "
+                                           "them together); records per call = batch-size / n.")]
+NOpt = Annotated[int, typer.Option("-n", "--n", help="Solutions sampled per problem.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="hf: auto (cuda if available, else cpu) | cpu | cuda[:i].")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="hf/vllm: auto | float32 | bfloat16 | float16.")]
 BaseUrlOpt = Annotated[Optional[str], typer.Option("--base-url", help="openai: server URL (e.g. http://127.0.0.1:8000/v1).")]
 ConcurrencyOpt = Annotated[Optional[int], typer.Option("--concurrency", help="openai: requests in flight.")]
 StopOpt = Annotated[Optional[list[str]], typer.Option("--stop", help="Stop string (repeatable); cut from the text.")]
 GradeTimeoutOpt = Annotated[float, typer.Option("--grade-timeout", help="Seconds allowed per answer comparison.")]
+ModelSpecOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Model spec: PATH, hf:PATH, vllm:PATH "
+                                                     "or openai:NAME.")]
+
+
+def check_ranges(*, temperature: float | None = None, top_p: float | None = None,
+                 timeouts: dict[str, float] | None = None, sizes: dict[str, int | None] | None = None) -> None:
+    """Range checks of the generation options, before anything is loaded or opened (exit 2 naming the option)."""
+    if temperature is not None and not temperature >= 0:
+        raise InputError(f"must be >= 0, got {temperature}", field="--temperature")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise InputError(f"must be in (0, 1], got {top_p}", field="--top-p")
+    for name, value in (timeouts or {}).items():
+        if not value > 0:
+            raise InputError(f"must be > 0, got {value}", field=name)
+    for name, value in (sizes or {}).items():
+        if value is not None and value < 1:
+            raise InputError(f"must be >= 1, got {value}", field=name)
+
+
+def records_per_call(batch_size: int, per_record: int) -> int:
+    """--batch-size counts sequences in every stage; a record asks for `per_record` of them."""
+    return max(1, batch_size // max(1, per_record))
 BackendOptionOpt = Annotated[Optional[list[str]], typer.Option(
     "--backend-option", help="KEY=VALUE given to the backend as is (repeatable; VALUE parsed as JSON when it is), "
     "e.g. tensor_parallel_size=8, kv_cache_gb=4, endpoint=chat, api_key_env=MY_KEY.")]
+
+
+DataParallelOpt = Annotated[int, typer.Option(
+    "--data-parallel", help="N worker processes, each with its own engine on its own GPU group (tensor_parallel_size "
+    "GPUs, see --backend-option), over an N-way split of the input, merged back in input order. Needs -o; "
+    "--resume resumes every worker.")]
+
+
+def _split_over_workers(workers: int, generator: "_GenerationModel", *, input: str | None, output: str | None,
+                        resume: bool, skip_invalid: bool, validate: Callable[[dict], dict], max_line_bytes: int,
+                        origin: Callable[[dict], Any], done_filter: Callable[[dict, set[str]], bool],
+                        group_key: Callable[[dict], Any] | None = None,
+                        source: Iterable[dict] | None = None, drop_options: tuple[str, ...] = ()) -> bool:
+    """--data-parallel N > 1 in the parent: run the command as N workers (parallel.py); True when it did."""
+    from . import parallel
+
+    if workers < 1:
+        raise InputError("must be >= 1", field="--data-parallel")
+    if workers == 1 or parallel.is_worker():
+        return False
+    records = source if source is not None else iter_jsonl(
+        input, skip_invalid=skip_invalid, validate=validate, log=log.warn, max_line_bytes=max_line_bytes)
+    tensor_parallel = int(generator.options.get("tensor_parallel_size", 1) or 1)
+    parallel.run_data_parallel(sys.argv[1:], workers=workers, records=records, output=output, resume=resume,
+                               origin=origin, done_filter=done_filter, tensor_parallel_size=tensor_parallel,
+                               drop_options=drop_options, group_key=group_key)
+    return True
 
 
 def _backend_options(pairs: list[str] | None) -> dict[str, Any]:
@@ -192,6 +282,19 @@ def _backend_options(pairs: list[str] | None) -> dict[str, Any]:
     return options
 
 
+def check_local_model(kind: str, path: str, device: str | None = None, option: str = "--model") -> None:
+    """Fail before any output is opened: a path (not a hub id) that does not exist, or a GPU that is not there."""
+    if kind in ("hf", "vllm") and (os.path.isabs(path) or path.startswith((".", "~"))) \
+            and not os.path.exists(os.path.expanduser(path)):
+        raise InputError(f"no such model directory: {path}", field=option)
+    if kind == "hf" and device and device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise InputError(f"{device} requested but no CUDA device is available (use --device cpu)",
+                             field="--device")
+
+
 class _GenerationModel:
     """The backend and template of sample/eval, loaded only once the first chunk of input has been read and
     validated: bad input fails in a second instead of after a model load, and empty input loads nothing."""
@@ -203,6 +306,7 @@ class _GenerationModel:
         self.spec, self.backend, self.requested_template = model, backend, template
         parsed = parse_model_spec(model, backend)  # a bad spec is a usage error before any input is read
         self.kind, self.path = parsed.backend, parsed.model
+        check_local_model(parsed.backend, parsed.model, options.get("device"))
         keys = {"hf": ("device", "dtype", "batch_size"), "vllm": ("dtype",), "openai": ("base_url", "concurrency")}
         self.options = {k: v for k, v in {**options, "batch_size": batch_size}.items()
                         if k in keys[self.kind] and v is not None}
@@ -245,17 +349,21 @@ def grade(
     output: OutputOpt = None,
     resume: ResumeOpt = False,
     skip_invalid: SkipInvalidOpt = False,
-    timeout: Annotated[float, typer.Option(help="Seconds allowed per answer comparison.")] = 5.0,
+    grade_timeout: Annotated[float, typer.Option("--grade-timeout", "--timeout",
+                                                 help="Seconds allowed per answer comparison.")] = 5.0,
+    max_line_bytes: MaxLineBytesOpt = DEFAULT_MAX_LINE_BYTES,
     quiet: QuietOpt = False,
 ) -> None:
     """Grade records with `completion` (or `prediction`) and `answer`: adds `prediction` and `correct`."""
     from .stages.grade import grade_records, validate_gradable
 
     log.set_quiet(quiet)
+    check_ranges(timeouts={"--grade-timeout": grade_timeout}, sizes={"--max-line-bytes": max_line_bytes})
     counts: dict[str, int] = {}
     stats, writer = run_records(
-        lambda records: grade_records(records, timeout=timeout, counts=counts),
+        lambda records: grade_records(records, timeout=grade_timeout, counts=counts),
         input=input, output=output, resume=resume, skip_invalid=skip_invalid, validate=validate_gradable,
+        max_line_bytes=max_line_bytes,
     )
     total = counts.get("graded", 0)
     log.summary("grade", {"records": total, "correct": counts.get("correct", 0),
@@ -266,11 +374,12 @@ def grade(
 # ---------------------------------------------------------------------------------------------- localize
 
 def _load_policy(spec: str, backend: Optional[str], option: str, *, device: str = "auto",
-                 base_url: Optional[str] = None, extra: Optional[list[str]] = None) -> Any:
+                 base_url: Optional[str] = None, extra: Optional[list[str]] = None, dtype: str = "auto",
+                 concurrency: Optional[int] = None, batch_size: int = 64) -> Any:
     """Load the policy for rollout/rectify the way `sample` does; a bad spec names the option (exit 2)."""
     try:
-        engine = _GenerationModel(spec, backend, None, 1, 64, _backend_options(extra), device=device, dtype="auto",
-                                  base_url=base_url).load()
+        engine = _GenerationModel(spec, backend, None, 1, batch_size, _backend_options(extra), device=device,
+                                  dtype=dtype, base_url=base_url, concurrency=concurrency).load()
     except InputError as exc:
         raise InputError(exc.message, field=exc.field or option) from None
     return engine
@@ -289,10 +398,12 @@ def localize(
     max_tokens_total: Annotated[Optional[int], typer.Option(help="judge: stop cleanly once the judge's prompt + "
                                                                  "completion tokens reach this (checked per batch); "
                                                                  "--resume continues.")] = None,
-    model: Annotated[Optional[str], typer.Option(help="rollout: the policy's model spec.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="rollout: the policy's model spec.")] = None,
     backend: Annotated[Optional[str], typer.Option(help="Backend when the spec has no prefix (hf, vllm, openai).")] = None,
     base_url: Annotated[Optional[str], typer.Option(help="openai: server URL for --model/--judge (else $OPENAI_BASE_URL).")] = None,
     device: Annotated[str, typer.Option(help="hf: auto | cpu | cuda.")] = "auto",
+    dtype: DtypeOpt = "auto",
+    concurrency: ConcurrencyOpt = None,
     backend_option: BackendOptionOpt = None,
     rollouts: Annotated[int, typer.Option(help="rollout: continuations per step prefix.")] = 8,
     threshold: Annotated[float, typer.Option(help="rollout: a prefix whose success rate is <= this is a dead end.")] = 0.0,
@@ -303,12 +414,15 @@ def localize(
     temperature: Annotated[float, typer.Option(help="Sampling temperature (rollout; judge uses 0).")] = 0.8,
     top_p: Annotated[float, typer.Option(help="rollout: nucleus sampling.")] = 0.95,
     max_tokens: Annotated[int, typer.Option(help="Max new tokens per rollout or judge answer.")] = 512,
-    batch_size: Annotated[int, typer.Option(help="Records per generate call.")] = 32,
-    seed: SeedOpt = 0,
+    stop: Annotated[Optional[list[str]], typer.Option("--stop", help="rollout: stop string (repeatable).")] = None,
+    batch_size: BatchSizeOpt = 64,
+    grade_timeout: GradeTimeoutOpt = 5.0,
+    seed: SeedOpt = SEED,
     input: InputOpt = None,
     output: OutputOpt = None,
     resume: ResumeOpt = False,
     skip_invalid: SkipInvalidOpt = False,
+    max_line_bytes: MaxLineBytesOpt = DEFAULT_MAX_LINE_BYTES,
     quiet: QuietOpt = False,
 ) -> None:
     """Find each solution's first wrong step: adds first_error_step, localize_status, localizer and evidence."""
@@ -320,6 +434,10 @@ def localize(
     if method != "judge" and (max_requests is not None or max_tokens_total is not None):
         raise InputError("only with --method judge", field="--max-requests" if max_requests is not None
                          else "--max-tokens-total")
+    check_ranges(temperature=temperature, top_p=top_p, timeouts={"--grade-timeout": grade_timeout},
+                 sizes={"--max-tokens": max_tokens, "--judge-max-tokens": judge_max_tokens,
+                        "--batch-size": batch_size, "--rollouts": rollouts, "--concurrency": concurrency,
+                        "--max-line-bytes": max_line_bytes})
     options: dict[str, Any] = {}
     if method == "verifier":
         from .localizers.verifier import load_callable
@@ -342,7 +460,12 @@ def localize(
         if kind == "openai" and base_url:
             extra["base_url"] = base_url
         elif kind == "hf":
-            extra["device"] = device
+            extra.update(device=device, dtype=dtype, batch_size=batch_size)
+        if kind == "openai" and concurrency:
+            extra["concurrency"] = concurrency
+        if kind == "vllm":
+            extra["dtype"] = dtype
+        check_local_model(kind, parse_model_spec(judge, backend).model, device, option="--judge")
         options = {"backend": load_backend(judge, backend, **extra), "spec": judge, "prompt_template": prompt,
                    "prompt_name": judge_prompt or "default", "neutral_is_error": neutral_is_error,
                    "max_tokens": judge_max_tokens, "batch_size": batch_size, "seed": seed,
@@ -360,16 +483,18 @@ def localize(
             raise InputError("must be in [0, 1): a prefix is a dead end when its success rate is <= it",
                              field="--threshold")
         options = {"backend": _load_policy(model, backend, "--model", device=device, base_url=base_url,
-                                           extra=backend_option),
+                                           extra=backend_option, dtype=dtype, concurrency=concurrency,
+                                           batch_size=batch_size),
                    "spec": model, "rollouts": rollouts,
                    "threshold": threshold, "search": search, "temperature": temperature, "top_p": top_p,
-                   "max_tokens": max_tokens, "seed": seed, "batch_size": batch_size, "template": template,
-                   "check_root": check_root}
+                   "max_tokens": max_tokens, "seed": seed, "batch_size": records_per_call(batch_size, rollouts),
+                   "template": template, "check_root": check_root, "grade_timeout": grade_timeout,
+                   "stop": tuple(stop or ())}
     counts: dict[str, Any] = {}
     try:
         stats, _ = run_records(lambda records: localize_records(records, method, counts=counts, **options),
                                input=input, output=output, resume=resume, skip_invalid=skip_invalid,
-                               validate=validate_localizable)
+                               validate=validate_localizable, max_line_bytes=max_line_bytes)
     finally:
         if "backend" in options:
             options["backend"].close()
@@ -413,12 +538,14 @@ def score_localizer_command(
 
 @app.command(epilog="Example: stepdpo rectify --model hf:ckpt/sft --n 8 -i localized.jsonl > rectified.jsonl")
 def rectify(
-    model: Annotated[str, typer.Option(help="The policy's model spec (hf:PATH, vllm:PATH, openai:NAME).")],
+    model: Annotated[str, typer.Option("--model", "-m", help="The policy's model spec (hf:PATH, vllm:PATH, openai:NAME).")],
     backend: Annotated[Optional[str], typer.Option(help="Backend when the spec has no prefix.")] = None,
     base_url: Annotated[Optional[str], typer.Option(help="openai: server URL (else $OPENAI_BASE_URL).")] = None,
     device: Annotated[str, typer.Option(help="hf: auto | cpu | cuda.")] = "auto",
+    dtype: DtypeOpt = "auto",
+    concurrency: ConcurrencyOpt = None,
     backend_option: BackendOptionOpt = None,
-    n: Annotated[int, typer.Option("--n", help="Continuations sampled per record.")] = 8,
+    n: Annotated[int, typer.Option("-n", "--n", help="Continuations sampled per record.")] = 8,
     temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.8,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling.")] = 0.95,
     max_tokens: Annotated[int, typer.Option(help="Max new tokens per continuation.")] = 512,
@@ -429,20 +556,25 @@ def rectify(
     judge_prompt: Annotated[Optional[str], typer.Option(help="Prompt file for --verify-judge ({problem} {answer} {steps}).")] = None,
     accept: Annotated[str, typer.Option(help="answer: a winner's continuation reaches the answer (the paper); step: only its first step must pass --verify-chosen / --verify-judge.")] = "answer",
     template: Annotated[Optional[str], typer.Option(help="Template for records without a `template` field.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Records per generate call.")] = 32,
-    seed: SeedOpt = 0,
+    stop: StopOpt = None,
+    batch_size: BatchSizeOpt = 64,
+    grade_timeout: GradeTimeoutOpt = 5.0,
+    seed: SeedOpt = SEED,
     input: InputOpt = None,
     output: OutputOpt = None,
     resume: ResumeOpt = False,
     skip_invalid: SkipInvalidOpt = False,
+    max_line_bytes: MaxLineBytesOpt = DEFAULT_MAX_LINE_BYTES,
     quiet: QuietOpt = False,
 ) -> None:
     """Sample continuations from the correct prefix; keep the correct ones' first steps as `candidates`."""
     from .stages.rectify import check_accept, rectify_records, validate_rectifiable
 
     log.set_quiet(quiet)
-    if n < 1:
-        raise InputError("must be >= 1", field="--n")
+    check_ranges(temperature=temperature, top_p=top_p, timeouts={"--grade-timeout": grade_timeout},
+                 sizes={"--n": n, "--max-tokens": max_tokens, "--batch-size": batch_size,
+                        "--max-candidates": max_candidates, "--concurrency": concurrency,
+                        "--max-line-bytes": max_line_bytes})
     check_accept(accept, bool(verify_chosen or verify_judge))
     checker = None
     if verify_chosen:
@@ -454,7 +586,8 @@ def rectify(
         from .localizers.judge import winner_judge
 
         judge_check = winner_judge(verify_judge, judge_prompt)
-    policy = _load_policy(model, backend, "--model", device=device, base_url=base_url, extra=backend_option)
+    policy = _load_policy(model, backend, "--model", device=device, base_url=base_url, extra=backend_option,
+                          dtype=dtype, concurrency=concurrency, batch_size=batch_size)
     counts: dict[str, Any] = {}
     try:
         stats, _ = run_records(
@@ -463,8 +596,10 @@ def rectify(
                                             max_candidates=max_candidates, verify_chosen=checker,
                                             verify_spec=verify_chosen or "", template=template,
                                             judge_check=judge_check, judge_spec=verify_judge or "",
-                                            batch_size=batch_size, accept=accept, counts=counts),
+                                            batch_size=records_per_call(batch_size, n), accept=accept,
+                                            counts=counts, grade_timeout=grade_timeout, stop=tuple(stop or ())),
             input=input, output=output, resume=resume, skip_invalid=skip_invalid, validate=validate_rectifiable,
+            max_line_bytes=max_line_bytes,
         )
     finally:
         policy.close()
@@ -488,6 +623,7 @@ def pair(
     output: OutputOpt = None,
     resume: ResumeOpt = False,
     skip_invalid: SkipInvalidOpt = False,
+    max_line_bytes: MaxLineBytesOpt = DEFAULT_MAX_LINE_BYTES,
     quiet: QuietOpt = False,
 ) -> None:
     """Emit Step-DPO pairs (prompt, initial_reason_steps, chosen, rejected, full_chosen, full_rejected, ...)."""
@@ -495,6 +631,7 @@ def pair(
 
     log.set_quiet(quiet)
     check_pair_options(format, chosen_source)
+    check_ranges(sizes={"--max-per-problem": max_per_problem, "--max-line-bytes": max_line_bytes})
     lengths, unit = len, "chars"
     if tokenizer:
         from transformers import AutoTokenizer
@@ -516,20 +653,34 @@ def pair(
         lambda records: pair_records(records, format=format, chosen_source=chosen_source,
                                      max_per_problem=max_per_problem, counts=counts, lengths=lengths),
         input=input, output=output, resume=resume, skip_invalid=skip_invalid, validate=validate_pairable,
-        done_filter=done,
+        done_filter=done, group_key=lambda row: row.get("source_id"), max_line_bytes=max_line_bytes,
     )
     log.summary("pair", {**pair_summary(counts, unit), "invalid": stats.invalid})
 
 
 # ---------------------------------------------------------------------------------------------- train
 
+def check_train_output(model: str, output: str) -> None:
+    """--output equal to --model, or inside it, would overwrite the base model's weights (exit 2)."""
+    from .backends.base import parse_model_spec
+
+    path = parse_model_spec(model).model
+    if not os.path.isdir(path):
+        return  # a hub id: nothing local to overwrite
+    base, out = os.path.realpath(path), os.path.realpath(output)
+    if out == base or out.startswith(base.rstrip(os.sep) + os.sep):
+        raise InputError(f"{output} is {'--model' if out == base else 'inside --model'} ({path}); training "
+                         "would overwrite the base model: choose another directory", field="--output")
+
+
 @app.command(epilog="Example: stepdpo train --objective step-dpo --model ckpt/sft --data pairs.jsonl --output ckpt/step-dpo")
 def train(
     model: Annotated[str, typer.Option("--model", "-m", help="Policy: local HF dir, hub id or hf:PATH.")],
-    data: Annotated[str, typer.Option("--data", help="Training rows (pairs or SFT rows): JSONL, - for stdin, a "
+    data: Annotated[str, typer.Option("--data", "-i", help="Training rows (pairs or SFT rows): JSONL, - for stdin, a "
                                                      ".parquet/.json/.csv file, a save_to_disk folder or a hub "
                                                      "dataset id (e.g. xinlai/Math-Step-DPO-10K).")],
-    output: Annotated[str, typer.Option("--output", help="Output model dir (also checkpoints, ref log-probs).")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Output model dir (also checkpoints, ref "
+                                                               "log-probs); not --model or inside it.")],
     objective: Annotated[str, typer.Option(help="sft | dpo | step-dpo | full-step-dpo")] = "step-dpo",
     data_split: Annotated[str, typer.Option(help="Split of a hub dataset or save_to_disk DatasetDict.")] = "train",
     beta: Annotated[float, typer.Option(help="DPO beta.")] = 0.4,
@@ -546,13 +697,20 @@ def train(
                                                            "per micro-step.")] = 0,
     template: Annotated[Optional[str], typer.Option(help="Prompt template (default: the model's recorded one, "
                                                          "else chat/raw); must match sample.")] = None,
-    seed: SeedOpt = 42,
+    seed: SeedOpt = SEED,
     lora: Annotated[bool, typer.Option("--lora", help="Train LoRA adapters (peft), merged into the output.")] = False,
     lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
     lora_alpha: Annotated[int, typer.Option(help="LoRA alpha.")] = 32,
     merge_lora: Annotated[bool, typer.Option("--merge-lora/--no-merge-lora", help="Merge adapters into the saved model.")] = True,
     gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing")] = False,
-    bf16: Annotated[bool, typer.Option("--bf16", help="bf16 mixed precision.")] = False,
+    bf16: Annotated[bool, typer.Option("--bf16", help="bf16 mixed precision: fp32 master weights and optimizer "
+                                                      "state, bf16 autocast forward.")] = False,
+    pure_bf16: Annotated[bool, typer.Option("--pure-bf16", help="Weights and optimizer state in bf16 (half the "
+                                                                "memory; at lr ~5e-7 most updates round away).")] = False,
+    max_prompt_length: Annotated[int, typer.Option(help="Context tokens kept at least when a row exceeds "
+                                                        "--max-length (oldest dropped, BOS kept; official 512).")] = 512,
+    step_text: Annotated[str, typer.Option(help="step-end: a step the solution continues ends with its newline | "
+                                                "as-given: score chosen/rejected exactly as written (official).")] = "step-end",
     loss: Annotated[str, typer.Option(help="sigmoid (DPO) | ipo")] = "sigmoid",
     label_smoothing: Annotated[float, typer.Option(help="cDPO label smoothing (sigmoid loss).")] = 0.0,
     nll_weight: Annotated[float, typer.Option(help="Weight of a per-token NLL term on chosen.")] = 0.0,
@@ -567,6 +725,7 @@ def train(
     max_steps: Annotated[int, typer.Option(help="Stop after N optimizer steps (overrides --epochs).")] = 0,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.0,
     max_grad_norm: Annotated[float, typer.Option(help="Gradient clipping (0: off).")] = 1.0,
+    skip_invalid: SkipInvalidOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Train with SFT, DPO, Step-DPO or Full-Step-DPO; writes a HF model dir and metrics JSONL on stdout."""
@@ -578,9 +737,13 @@ def train(
     log.set_quiet(quiet)
     for name, value, allowed in (("--objective", objective, OBJECTIVES), ("--loss", loss, LOSS_TYPES),
                                  ("--scheduler", scheduler, ("cosine", "linear", "constant")),
-                                 ("--report-to", report_to, ("none", "tensorboard"))):
+                                 ("--report-to", report_to, ("none", "tensorboard")),
+                                 ("--step-text", step_text, ("step-end", "as-given"))):
         if value not in allowed:
             raise InputError(f"{value!r} is not one of {', '.join(allowed)}", field=name)
+    check_ranges(sizes={"--batch-size": batch_size, "--grad-accum": grad_accum, "--max-length": max_length,
+                        "--num-processes": num_processes, "--logging-steps": logging_steps})
+    check_train_output(model, output)
     if max_tokens_per_batch < 0:
         raise InputError("must be >= 0", field="--max-tokens-per-batch")
     # Libraries (DeepSpeed's logger, accelerate) print to stdout; stdout must carry only metrics JSONL.
@@ -600,11 +763,12 @@ def train(
         batch_size=batch_size, grad_accum=grad_accum, scheduler=scheduler if scheduler != "constant"
         else "constant_with_warmup", warmup_ratio=warmup_ratio, max_length=max_length, template=template, seed=seed,
         lora=lora, lora_r=lora_r, lora_alpha=lora_alpha, merge_lora=merge_lora,
-        gradient_checkpointing=gradient_checkpointing, bf16=bf16, loss=loss, label_smoothing=label_smoothing,
+        gradient_checkpointing=gradient_checkpointing, bf16=bf16, pure_bf16=pure_bf16,
+        max_prompt_length=max_prompt_length, step_text=step_text, loss=loss, label_smoothing=label_smoothing,
         nll_weight=nll_weight, step_temperature=step_temperature, save_steps=save_steps,
         logging_steps=logging_steps, resume=resume, report_to=report_to, deepspeed=deepspeed,
         max_steps=max_steps, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
-        max_tokens_per_batch=max_tokens_per_batch,
+        max_tokens_per_batch=max_tokens_per_batch, skip_invalid=skip_invalid,
     )
 
     metrics_out = os.fdopen(metrics_fd, "wb")
@@ -624,11 +788,11 @@ def sample(
     input: InputOpt = None,
     output: OutputOpt = None,
     backend: BackendOpt = None,
-    n: Annotated[int, typer.Option("--n", help="Solutions sampled per problem.")] = 8,
+    n: NOpt = 8,
     temperature: Annotated[float, typer.Option(help="Sampling temperature (0 = greedy).")] = 0.8,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 0.95,
     max_tokens: Annotated[int, typer.Option(help="Tokens generated at most per solution.")] = 512,
-    seed: SeedOpt = 0,
+    seed: SeedOpt = SEED,
     keep: Annotated[str, typer.Option(help="all | wrong | right: which graded solutions to write.")] = "all",
     template: TemplateOpt = None,
     stop: StopOpt = None,
@@ -639,8 +803,10 @@ def sample(
     concurrency: ConcurrencyOpt = None,
     grade_timeout: GradeTimeoutOpt = 5.0,
     backend_option: BackendOptionOpt = None,
+    data_parallel: DataParallelOpt = 1,
     resume: ResumeOpt = False,
     skip_invalid: SkipInvalidOpt = False,
+    max_line_bytes: MaxLineBytesOpt = DEFAULT_MAX_LINE_BYTES,
     quiet: QuietOpt = False,
 ) -> None:
     """Sample n step-wise solutions per problem and grade them: one record per kept solution."""
@@ -650,11 +816,17 @@ def sample(
     log.set_quiet(quiet)
     if keep not in KEEP_CHOICES:
         raise InputError(f"choose one of {', '.join(KEEP_CHOICES)}", field="--keep")
-    if n < 1 or max_tokens < 1:
-        raise InputError("--n and --max-tokens must be >= 1", field="--n" if n < 1 else "--max-tokens")
+    check_ranges(temperature=temperature, top_p=top_p, timeouts={"--grade-timeout": grade_timeout},
+                 sizes={"--n": n, "--max-tokens": max_tokens, "--batch-size": batch_size,
+                        "--concurrency": concurrency, "--max-line-bytes": max_line_bytes})
     generator = _GenerationModel(model, backend, template, n, batch_size, _backend_options(backend_option),
                                  device=device, dtype=dtype, base_url=base_url, concurrency=concurrency)
     params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=tuple(stop or ()))
+    if _split_over_workers(data_parallel, generator, input=input, output=output, resume=resume,
+                           skip_invalid=skip_invalid, validate=validate_problem, max_line_bytes=max_line_bytes,
+                           origin=lambda record: record.get("problem_id"), done_filter=is_problem_done(n),
+                           group_key=lambda record: record.get("problem_id")):
+        return
     counts = SampleStats()
     try:
         with log.progress("sample", total=None) as advance:
@@ -662,7 +834,8 @@ def sample(
                 lambda records: generator.run(records, sample_records, params=params, seed=seed, keep=keep,
                                               grade_timeout=grade_timeout, stats=counts, advance=advance),
                 input=input, output=output, resume=resume, skip_invalid=skip_invalid, validate=validate_problem,
-                done_filter=is_problem_done(n),
+                done_filter=is_problem_done(n), group_key=lambda record: record.get("problem_id"),
+                max_line_bytes=max_line_bytes,
             )
     finally:
         generator.close()
@@ -683,12 +856,12 @@ def eval_command(
     limit: Annotated[Optional[int], typer.Option(help="Evaluate the first N problems only.")] = None,
     summary_path: Annotated[Optional[str], typer.Option("--summary", help="Write the summary JSON here.")] = None,
     backend: BackendOpt = None,
-    n: Annotated[int, typer.Option("--n", help="Samples per problem: 1 = one answer; k > 1 = majority vote, "
-                                              "pass@k and mean accuracy.")] = 1,
+    n: Annotated[int, typer.Option("-n", "--n", help="Samples per problem: 1 = one answer; k > 1 = majority vote, "
+                                                    "pass@k and mean accuracy.")] = 1,
     temperature: Annotated[float, typer.Option(help="0 = greedy (default); set > 0 with --n > 1.")] = 0.0,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 1.0,
     max_tokens: Annotated[int, typer.Option(help="Tokens generated at most per solution.")] = 1024,
-    seed: SeedOpt = 0,
+    seed: SeedOpt = SEED,
     template: TemplateOpt = None,
     stop: StopOpt = None,
     batch_size: BatchSizeOpt = 64,
@@ -698,8 +871,10 @@ def eval_command(
     concurrency: ConcurrencyOpt = None,
     grade_timeout: GradeTimeoutOpt = 5.0,
     backend_option: BackendOptionOpt = None,
+    data_parallel: DataParallelOpt = 1,
     resume: ResumeOpt = False,
     skip_invalid: SkipInvalidOpt = False,
+    max_line_bytes: MaxLineBytesOpt = DEFAULT_MAX_LINE_BYTES,
     quiet: QuietOpt = False,
 ) -> None:
     """Accuracy of a model on problems (greedy, or k samples): per-record results, a table on stderr."""
@@ -707,15 +882,15 @@ def eval_command(
 
     from .backends.base import SamplingParams
     from .datasets import load_problems
-    from .records import atomic_write_json
     from .stages.evaluate import EvalStats, evaluate_records
     from .stages.sample import validate_problem
 
     log.set_quiet(quiet)
     if dataset and input:
         raise InputError("give either -i FILE or --dataset NAME, not both", field="--dataset")
-    if n < 1 or max_tokens < 1:
-        raise InputError("--n and --max-tokens must be >= 1", field="--n" if n < 1 else "--max-tokens")
+    check_ranges(temperature=temperature, top_p=top_p, timeouts={"--grade-timeout": grade_timeout},
+                 sizes={"--n": n, "--max-tokens": max_tokens, "--batch-size": batch_size, "--limit": limit,
+                        "--concurrency": concurrency, "--max-line-bytes": max_line_bytes})
     if n > 1 and temperature <= 0:
         log.warn("--n > 1 with temperature 0 gives n identical greedy answers; set --temperature")
     source = load_problems(dataset, split, limit) if dataset else None
@@ -723,8 +898,25 @@ def eval_command(
                                  device=device, dtype=dtype, base_url=base_url, concurrency=concurrency)
     params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=tuple(stop or ()))
     results = EvalStats()
-    if resume and output and os.path.exists(output):
-        for done in iter_jsonl(output, skip_invalid=True):  # the summary covers earlier runs' records too
+    workers_source = source if source is not None else itertools.islice(iter_jsonl(
+        input, skip_invalid=skip_invalid, validate=validate_problem, log=log.warn, max_line_bytes=max_line_bytes),
+        limit)
+    if _split_over_workers(
+            data_parallel, generator, input=input, output=output, resume=resume, skip_invalid=skip_invalid,
+            validate=validate_problem, max_line_bytes=max_line_bytes, origin=lambda record: record.get("id"),
+            done_filter=lambda record, ids: str(record.get("id")) in ids, source=workers_source,
+            drop_options=("--summary", "--dataset", "--split", "--limit")):
+        stats = ReadStats()  # the summary: from the merged records (workers' own summaries are per shard)
+        for done in iter_jsonl(output, skip_invalid=True):
+            results.add(done)
+            results.tokens += sum((done.get("generation") or {}).get("num_tokens") or [0])
+            generator.template = generator.template or done.get("template")
+        _print_eval_summary(results, n, model, generator, dataset, input, split, limit, stats, summary_path,
+                            temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed, stop=stop)
+        return
+    if resume and output and (os.path.exists(output) or os.path.exists(partial_path(output))):
+        earlier = partial_path(output) if os.path.exists(partial_path(output)) else output  # what resume adopts
+        for done in iter_jsonl(earlier, skip_invalid=True):  # the summary covers earlier runs' records too
             if "correct" in done:
                 results.add(done)
     try:
@@ -736,9 +928,18 @@ def eval_command(
                                      grade_timeout=grade_timeout, stats=results, advance=advance)
 
             stats, _ = run_records(stage, input=input, output=output, resume=resume, skip_invalid=skip_invalid,
-                                   validate=validate_problem, source=source)
+                                   validate=validate_problem, source=source, max_line_bytes=max_line_bytes)
     finally:
         generator.close()
+    _print_eval_summary(results, n, model, generator, dataset, input, split, limit, stats, summary_path,
+                        temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed, stop=stop)
+
+
+def _print_eval_summary(results: Any, n: int, model: str, generator: "_GenerationModel", dataset: str | None,
+                        input: str | None, split: str, limit: int | None, stats: ReadStats, summary_path: str | None,
+                        *, temperature: float, top_p: float, max_tokens: int, seed: int, stop: list[str] | None) -> None:
+    from .records import atomic_write_json
+
     settings = {"n": n, "temperature": temperature, "top_p": top_p, "max_tokens": max_tokens, "seed": seed,
                 "stop": list(stop or ()), "split": split if dataset else None, "limit": limit}
     report = results.summary(n, model=model, backend=generator.kind, template=generator.template,

@@ -229,3 +229,69 @@ def test_multi_process_bad_row_exits_2_before_launch(tiny_model, tmp_path):
     proc = run_cli("train", "--model", tiny_model, "--data", str(data), "--output", str(tmp_path / "o"),
                    "--objective", "dpo", "--num-processes", "2")
     assert proc.returncode == 2 and "bad.jsonl:1: field 'rejected'" in proc.stderr.decode()
+
+
+def _changed_fraction(before_dir: str, after_dir: str) -> float:
+    from safetensors.torch import load_file
+
+    before = load_file(os.path.join(before_dir, "model.safetensors"))
+    after = load_file(os.path.join(after_dir, "model.safetensors"))
+    # a bf16 checkpoint is compared with the initial weights rounded to bf16 (where its training started)
+    changed = sum(int((before[k].to(after[k].dtype) != after[k]).sum()) for k in before)
+    return changed / sum(before[k].numel() for k in before)
+
+
+def test_bf16_keeps_fp32_master_weights_at_the_papers_lr(tiny_model, tmp_path):
+    """--bf16 (forced on CPU: accelerate's bf16 autocast) at lr 5e-7: nearly every weight moves, as in fp32.
+    --pure-bf16 stores the weights in bf16, where such updates round away."""
+    data = _pairs(tmp_path / "p.jsonl", n=8)
+    fractions = {}
+    for name, extra in (("fp32", {}), ("bf16", {"bf16": True}), ("pure", {"pure_bf16": True})):
+        _run(_config(tiny_model, data, tmp_path / name, lr=5e-7, max_steps=3, **extra))
+        fractions[name] = _changed_fraction(tiny_model, str(tmp_path / name))
+    assert fractions["fp32"] > 0.9 and fractions["bf16"] > 0.9, fractions
+    assert fractions["pure"] < 0.2, fractions
+    # the bf16 run really ran its forwards in bf16: its reference log-probs are not the fp32 ones
+    ref32 = torch.load(tmp_path / "fp32" / REF_FILE, weights_only=False)["logps"]
+    ref16 = torch.load(tmp_path / "bf16" / REF_FILE, weights_only=False)["logps"]
+    assert any(not torch.equal(ref32[k][0], ref16[k][0]) for k in ref32)
+
+
+def test_reference_cache_follows_the_weights_and_rows(tiny_model, tmp_path, capsys):
+    """SFT re-run into the same dir, then Step-DPO into an existing --output: the cached reference
+    log-probs of the old weights are recomputed; unchanged weights and rows reuse them."""
+    sft_rows = tmp_path / "sft.jsonl"
+    sft_rows.write_text("".join(json.dumps({"prompt": f"What is {i}+1?", "completion": f" {i + 1}."}) + "\n"
+                                for i in range(4)))
+    sft_dir, out = tmp_path / "sft", tmp_path / "dpo"
+    data = _pairs(tmp_path / "p.jsonl", n=4)
+
+    def reference_pass(**sft) -> str:
+        if sft:
+            _run(_config(tiny_model, str(sft_rows), sft_dir, objective="sft", max_steps=1, **sft))
+        capsys.readouterr()
+        _run(_config(str(sft_dir), data, out, max_steps=1))
+        return capsys.readouterr().err
+
+    assert "reference log-probs for 4 row(s)" in reference_pass(seed=1, lr=1e-3)
+    first = torch.load(out / REF_FILE, weights_only=False)["logps"]
+    assert "reference log-probs" not in reference_pass()  # same weights, same rows: cache reused
+    assert "reference log-probs for 4 row(s)" in reference_pass(seed=2, lr=3e-3)  # SFT re-run: new weights
+    second = torch.load(out / REF_FILE, weights_only=False)["logps"]
+    assert any(not torch.equal(first[k][0], second[k][0]) for k in first)
+    _pairs(tmp_path / "p.jsonl", n=5)  # one more row changes the rows' fingerprint
+    assert "reference log-probs for 5 row(s)" in reference_pass()
+
+
+def test_dropout_is_off_in_the_trained_policy(tiny_model, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from stepdpo_cli.train.loop import _load_model
+
+    noisy = tmp_path / "noisy"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, attention_dropout=0.5)
+    model.save_pretrained(noisy)
+    policy = _load_model(_config(str(noisy), "", tmp_path / "o"), str(noisy))
+    assert policy.config.attention_dropout == 0.0
+    assert all(m.attention_dropout == 0.0 for m in policy.modules() if hasattr(m, "attention_dropout"))
+    assert all(m.p == 0.0 for m in policy.modules() if isinstance(m, torch.nn.Dropout))

@@ -11,6 +11,7 @@ run sees exactly the batches the uninterrupted run would have.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import os
 import shutil
@@ -18,6 +19,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
+import orjson
 import torch
 
 from .. import log
@@ -25,7 +27,8 @@ from ..records import InputError, atomic_write_json, derive_seed, iter_jsonl
 from ..templates import MODEL_META_FILE, template_for_model
 from . import packing
 from .data import EncodeStats, Example, encode_rows, num_batches, pack, token_logps, validator
-from .losses import LossConfig, chosen_nll, preference_loss, segment_sums, sft_loss, step_sums, step_weights
+from .losses import (LossConfig, chosen_nll, full_step_logps, preference_loss, segment_sums, sft_loss, step_sums,
+                     step_weights)
 
 REF_FILE = "ref_logps.pt"
 CHECKPOINTS = "checkpoints"
@@ -54,7 +57,10 @@ class TrainConfig:
     lora_alpha: int = 32
     merge_lora: bool = True
     gradient_checkpointing: bool = False
-    bf16: bool = False
+    bf16: bool = False  # fp32 master weights + bf16 autocast (accelerate's mixed precision)
+    pure_bf16: bool = False  # weights and optimizer state in bf16: half the memory, tiny updates get lost
+    max_prompt_length: int = 512  # context tokens kept at least when a row is too long (official: 512)
+    step_text: str = "step-end"  # step-end: a continued step ends with its newline; as-given: official trainer
     loss: str = "sigmoid"
     label_smoothing: float = 0.0
     nll_weight: float = 0.0
@@ -70,6 +76,7 @@ class TrainConfig:
     attn_implementation: str = "sdpa"
     max_tokens_per_batch: int = 0  # > 0: padding-free rows of several pairs, <= this many tokens each (packing.py)
     data_split: str = "train"  # --data-split: for hub ids and save_to_disk DatasetDicts
+    skip_invalid: bool = False  # --skip-invalid: bad rows are logged and skipped instead of exit 2
     extra: dict = field(default_factory=dict)
 
     @property
@@ -100,7 +107,7 @@ def _make_accelerator(config: TrainConfig):
         plugin = DeepSpeedPlugin(hf_ds_config=ds)
     accelerator = Accelerator(
         gradient_accumulation_steps=config.grad_accum,
-        mixed_precision="bf16" if config.bf16 else "no",
+        mixed_precision="bf16" if config.bf16 and not config.pure_bf16 else "no",
         kwargs_handlers=handlers, deepspeed_plugin=plugin, step_scheduler_with_optimizer=False,
         log_with="tensorboard" if config.report_to == "tensorboard" else None,
         project_dir=os.path.join(config.output, "runs") if config.report_to == "tensorboard" else None,
@@ -116,10 +123,15 @@ def _make_accelerator(config: TrainConfig):
 def _load_model(config: TrainConfig, model_path: str):
     from transformers import AutoModelForCausalLM
 
-    dtype = torch.bfloat16 if config.bf16 and torch.cuda.is_available() else torch.float32
+    # --bf16 keeps fp32 master weights and runs the forward under bf16 autocast: at the paper's lr (5e-7) an
+    # AdamW update is ~lr per weight, far below bf16's resolution (2^-8 relative), so weights stored in bf16
+    # would round most updates away (measured: ~1% of a bf16 tensor's entries change in 20 steps).
+    # --pure-bf16 stores them in bf16 anyway, for those who need the memory.
+    dtype = torch.bfloat16 if config.pure_bf16 else torch.float32
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype,
                                                  attn_implementation=config.attn_implementation)
     model.config.use_cache = False
+    _disable_dropout(model)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if config.lora:
@@ -131,6 +143,39 @@ def _load_model(config: TrainConfig, model_path: str):
                           target_modules="all-linear", task_type="CAUSAL_LM")
         model = get_peft_model(model, lora)
     return model
+
+
+def _disable_dropout(model) -> None:
+    """Dropout off in the policy, as in TRL: the reference log-probs come from the same model in eval mode,
+    so a policy with dropout on would start with a random, non-zero log-ratio."""
+    for name in ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop",
+                 "hidden_dropout_prob", "attention_probs_dropout_prob", "activation_dropout"):
+        if isinstance(getattr(model.config, name, None), float):
+            setattr(model.config, name, 0.0)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        elif isinstance(getattr(module, "attention_dropout", None), float):  # read by attention at call time
+            module.attention_dropout = 0.0
+
+
+def offloads_optimizer(accelerator) -> bool:
+    """The DeepSpeed config (ours or an accelerate yaml's) keeps optimizer states on the CPU."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is None:
+        return False
+    offload = plugin.deepspeed_config.get("zero_optimization", {}).get("offload_optimizer") or {}
+    return offload.get("device") in ("cpu", "nvme")
+
+
+def _make_optimizer(config: TrainConfig, params: list, accelerator):
+    """AdamW; with ZeRO optimizer offload, DeepSpeed's vectorised CPU Adam (several times faster on the host
+    than torch's AdamW, which DeepSpeed would otherwise run there: zero_force_ds_cpu_optimizer false)."""
+    if offloads_optimizer(accelerator):
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(params, lr=config.lr, weight_decay=config.weight_decay, adamw_mode=True)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
 def _schedule(config: TrainConfig, num_examples: int, world: int) -> tuple[int, int]:
@@ -253,8 +298,10 @@ def read_examples(config: TrainConfig, tokenizer, template: str) -> tuple[list[E
     from ..datasets import iter_rows  # JSONL, or a hub id / save_to_disk / parquet through `datasets`
 
     stats = EncodeStats()
-    rows = iter_rows(config.data, split=config.data_split, validate=validator(config.objective))
-    examples = encode_rows(rows, tokenizer, template, config.objective, config.max_length, stats)
+    rows = iter_rows(config.data, split=config.data_split, validate=validator(config.objective),
+                     skip_invalid=config.skip_invalid, log=log.warn)
+    examples = encode_rows(rows, tokenizer, template, config.objective, config.max_length, stats,
+                           max_prompt_length=config.max_prompt_length, step_text=config.step_text)
     if not examples:
         raise InputError("no usable training rows" + (f" ({stats.skipped_empty} with empty chosen/rejected)"
                                                       if stats.skipped_empty else ""), source=config.data)
@@ -297,7 +344,7 @@ def train(config: TrainConfig, emit: Callable[[dict], None] | None = None) -> di
     packing_plan = packing.plan_for(model, config.max_tokens_per_batch, accelerator.device,
                                     deepspeed=bool(config.deepspeed), say=main)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = _make_optimizer(config, trainable, accelerator)
     steps_per_epoch, total_steps = _schedule(config, len(examples), world)
     scheduler = get_scheduler(config.scheduler, optimizer, num_warmup_steps=int(config.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
@@ -378,9 +425,7 @@ def train(config: TrainConfig, emit: Callable[[dict], None] | None = None) -> di
 def _reference_logps(model, examples, accelerator, config, pad_id, model_path, template, packing_plan=None) -> dict:
     """Reference log-probs of the initial policy, cached beside the output (reused on resume)."""
     path = os.path.join(config.output, REF_FILE)
-    fingerprint = {"model": os.path.abspath(model_path) if os.path.exists(model_path) else model_path,
-                   "template": template, "objective": config.objective, "max_length": config.max_length,
-                   "bf16": config.bf16}
+    fingerprint = reference_fingerprint(config, model_path, template, examples)
     cache: dict = {}
     if os.path.isfile(path):
         stored = torch.load(path, weights_only=False)
@@ -396,6 +441,34 @@ def _reference_logps(model, examples, accelerator, config, pad_id, model_path, t
                     f"{time.perf_counter() - t0:.1f}s -> {path}")
         accelerator.wait_for_everyone()
     return cache
+
+
+def weights_fingerprint(model_path: str) -> dict:
+    """What identifies a model dir's weights without reading them: each weight/config file's size and mtime
+    (rewritten by any save, e.g. SFT re-run into the same dir) and a hash of config.json. A hub id is its name."""
+    if not os.path.isdir(model_path):
+        return {"model": model_path}
+    files = {}
+    for name in sorted(os.listdir(model_path)):
+        if name.endswith((".safetensors", ".bin", ".pt", ".pth", ".json", ".model")):
+            info = os.stat(os.path.join(model_path, name))
+            files[name] = [info.st_size, info.st_mtime_ns]
+    config_hash = None
+    if os.path.isfile(os.path.join(model_path, "config.json")):
+        with open(os.path.join(model_path, "config.json"), "rb") as handle:
+            config_hash = hashlib.sha256(handle.read()).hexdigest()
+    return {"model": os.path.abspath(model_path), "files": files, "config_sha256": config_hash}
+
+
+def reference_fingerprint(config: TrainConfig, model_path: str, template: str, examples: list[Example]) -> dict:
+    """The reference cache is valid only for these weights, these token ids (rows, template, truncation,
+    step text) and this precision."""
+    rows = hashlib.sha256()
+    for e in examples:
+        rows.update(orjson.dumps([e.key, e.prefix, e.chosen, e.rejected, e.chosen_steps, e.rejected_steps]))
+    return {**weights_fingerprint(model_path), "template": template, "objective": config.objective,
+            "rows_sha256": rows.hexdigest(), "bf16": config.bf16, "pure_bf16": config.pure_bf16,
+            "attn_implementation": config.attn_implementation}
 
 
 def _micro_backward(accelerator, model, examples: list[Example], ref: dict, lc: LossConfig, pad_id: int, dtype,
@@ -432,14 +505,13 @@ def _micro_step(model, examples: list[Example], ref: dict, lc: LossConfig, pad_i
     pol_c, pol_r = per_step_logps(tok, batch, examples)
     ref_c = [ref[e.key][0].to(device) for e in examples]
     ref_r = [ref[e.key][1].to(device) for e in examples]
+    pc, pr = torch.stack([v.sum() for v in pol_c]), torch.stack([v.sum() for v in pol_r])
+    rc, rr = torch.stack([v.sum() for v in ref_c]), torch.stack([v.sum() for v in ref_r])
     if lc.objective == "full-step-dpo":
+        # The step weights act on the gradient, outside the sigmoid (see losses.full_step_logps).
         wc = [step_weights(e.chosen_scores, lc.step_temperature, chosen=True) for e in examples]
         wr = [step_weights(e.rejected_scores, lc.step_temperature, chosen=False) for e in examples]
-    else:
-        wc = [torch.ones(len(t)) for t in pol_c]
-        wr = [torch.ones(len(t)) for t in pol_r]
-    pc, pr = _weighted(pol_c, wc), _weighted(pol_r, wr)
-    rc, rr = _weighted(ref_c, wc), _weighted(ref_r, wr)
+        pc, pr = full_step_logps(pc, _weighted(pol_c, wc)), full_step_logps(pr, _weighted(pol_r, wr))
     losses, chosen_rewards, rejected_rewards = preference_loss(pc, pr, rc, rr, beta=lc.beta, loss=lc.loss,
                                                                label_smoothing=lc.label_smoothing)
     loss = losses.mean()
