@@ -11,209 +11,96 @@ import re
 from fractions import Fraction
 from functools import lru_cache
 
-from .grading_numeric import numeric_verdict
+from .grading_extract import MAX_ANSWER_CHARS, SOURCES, _balanced, extract, extract_answer, strip_wrappers
+from .grading_numeric import numeric_verdict, shown_places_agree
 from .grading_worker import MAX_SYMBOLIC_CHARS, symbolic_match
 
-MAX_ANSWER_CHARS = 1000  # a longer "answer" is not one: no real answer needs this much text
-
-# ---------------------------------------------------------------------------------------------- extraction
-
-_BOXED = re.compile(r"\\(?:boxed|fbox)")
-_BRACE_TOKEN = re.compile(r"\\.|[{}]", re.S)  # escaped chars are skipped, so \{ \} never count as braces
-_FINAL_DOLLAR = re.compile(r"final answer is\s*:?\s*\$([^$]{1,%d})\$" % MAX_ANSWER_CHARS, re.I)
-_ANSWER_IS = re.compile(r"\banswer is\s*:?\s*([^\n]{1,%d})" % MAX_ANSWER_CHARS, re.I)
-_HASHES = re.compile(r"####\s*([^\n]{1,%d})" % MAX_ANSWER_CHARS)
-_ANSWER_LINE = re.compile(r"^[ \t>*#_]*answer[*_]*\s*:[*_]*\s*([^\n]{1,%d})" % MAX_ANSWER_CHARS, re.I | re.M)
-_NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+")
-_LEADING_NUMBER = re.compile(r"\s*(?:\\?\$)?\s*(-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*\\?%)?)(?=$|[\s,;.!?)])")
-
-
-_BOX_GLUE = re.compile(r"[\s$,;.]*(?:,|and|or|\\quad|\\text\{\s*(?:and|or)\s*\})?[\s$,;.]*")
-
-
-def _box_spans(text: str) -> list[tuple[int, int, str]]:
-    """(start, end, content) of the last few \\boxed{...} / \\fbox{...} / `\\boxed 5`, in text order.
-
-    Only the last 8 are looked at, and each brace scan is bounded (a box longer than MAX_ANSWER_CHARS is
-    not an answer), so text holding 100k unbalanced boxes costs one regex pass."""
-    spans = []
-    for box in reversed(list(_BOXED.finditer(text))[-8:]):
-        i = box.end()
-        while i < len(text) and text[i] == " ":
-            i += 1
-        if i < len(text) and text[i] == "{":
-            depth = 0
-            for token in _BRACE_TOKEN.finditer(text, i, i + MAX_ANSWER_CHARS + 2):
-                if token.group() == "{":
-                    depth += 1
-                elif token.group() == "}":
-                    depth -= 1
-                    if depth == 0:
-                        spans.append((box.start(), token.end(), text[i + 1:token.start()]))
-                        break
-        elif i > box.end():  # `\boxed 5`: one token up to whitespace or $
-            token = re.match(r"[^\s$]+", text[i:i + MAX_ANSWER_CHARS + 1])
-            if token:
-                spans.append((box.start(), i + token.end(), token.group()))
-    return spans[::-1]
-
-
-def _boxed_answer(text: str) -> tuple[int, str] | None:
-    """(position, answer) of the last box; boxes joined only by "and" / "," / \\quad are one list answer
-    ("\\boxed{-2} and \\boxed{1}" -> "-2, 1"). An unbalanced (truncated) last box falls back to the one before."""
-    spans = _box_spans(text)
-    if not spans:
-        return None
-    group = [spans[-1]]
-    for span in reversed(spans[:-1]):
-        if not _BOX_GLUE.fullmatch(text[span[1]:group[0][0]]):
-            break
-        group.insert(0, span)
-    contents = list(dict.fromkeys(content.strip() for _, _, content in group))  # a repeated box is one answer
-    return group[0][0], ", ".join(contents)
-
-
-def _answer_segment(segment: str) -> str:
-    """The answer at the start of 'The answer is ...' text: $math$, else a leading number, else the clause."""
-    segment = segment.strip()
-    for opener, closer in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
-        if segment.startswith(opener):
-            end = segment.find(closer, len(opener))
-            if end > len(opener):
-                return segment[len(opener):end]
-    number = _LEADING_NUMBER.match(segment)
-    if number:
-        return number.group(1)
-    # drop a trailing explanation ("..., since ...") and the sentence's full stop
-    return re.split(r"\.\s|,\s+(?:since|because|which|so)\b", segment, maxsplit=1)[0]
-
-
-def _last_match(pattern: re.Pattern, text: str, pos: int = 0) -> re.Match | None:
-    last = None
-    for last in pattern.finditer(text, pos):
-        pass
-    return last
-
-
-def extract_answer(text: str) -> str | None:
-    r"""The final answer in a completion, or None.
-
-    Order: the latest of the last \boxed{} (or \fbox{}; adjacent boxes joined by "and" form a list), "final
-    answer is $X$" and "#### X"; else the latest of "the answer is X" and an "Answer: X" line; else the whole
-    text when it is one $...$ formula; else the last number. $...$, \text{}, \left/\right, \! and a final
-    period or comma are stripped. An answer longer than MAX_ANSWER_CHARS counts as none.
-    """
-    if not isinstance(text, str) or not text:
-        return None
-    answer = _latest_marked(text)
-    if answer is None:
-        whole = _strip_wrappers(text) if text.count("$") in (2, 4) else None  # "$x \in [-2,7]$"
-        if whole is not None and "$" not in whole:
-            answer = whole
-    if answer is None:
-        answer = _last_number(text)
-        if answer is None:
-            return None
-    if len(answer) > MAX_ANSWER_CHARS:
-        return None
-    answer = _SPACING.sub("", _TEX_THOUSANDS.sub(",", answer))
-    for _ in range(3):  # \text{(C)} -> (C), \text{ cm} -> cm; nested wrappers peel one level per pass
-        answer = _TEXT_CMD.sub(r"\1", answer)
-    return _strip_wrappers(answer) or None
-
-
-def _latest_marked(text: str) -> str | None:
-    """The answer an explicit marker points at (strong markers first, then the weaker "answer is")."""
-    boxed = _boxed_answer(text)
-    candidates: list[tuple[int, str]] = [boxed] if boxed else []
-    final = _last_match(_FINAL_DOLLAR, text)
-    if final:
-        candidates.append((final.start(), final.group(1)))
-    hashes = _last_match(_HASHES, text)
-    if hashes:
-        candidates.append((hashes.start(), _answer_segment(hashes.group(1))))
-    if not candidates:  # "the answer is" is weaker: "...so the answer is probably wrong" must not beat a box
-        for pattern in (_ANSWER_IS, _ANSWER_LINE):
-            match = _last_match(pattern, text)
-            if match:
-                candidates.append((match.start(), _answer_segment(match.group(1))))
-    return max(candidates, key=lambda c: c[0])[1] if candidates else None
-
-
-def _last_number(text: str) -> str | None:
-    tail = max(0, len(text) - 4096)  # the last number is almost always near the end: look there first
-    tail = text.rfind(" ", 0, tail) + 1 if tail else 0  # never start inside a number
-    last = _last_match(_NUMBER, text, tail) or (_last_match(_NUMBER, text[:tail + 64]) if tail else None)
-    if last is None:
-        return None
-    answer = last.group()
-    if answer.startswith("-") and last.start() > 0 and (text[last.start() - 1].isalnum()
-                                                         or text[last.start() - 1] in ")]}"):
-        answer = answer[1:]  # "5-3": a minus between operands is not a sign
-    return answer
-
+__all__ = ["MAX_ANSWER_CHARS", "SOURCES", "answers_match", "extract", "extract_answer", "grade", "grade_answer"]
 
 # ---------------------------------------------------------------------------------------------- normalisation
 
 _TEXT_CMD = re.compile(r"\\(?:text|textbf|textrm|textit|textnormal|textup|textsf|texttt|mathrm|mathbf|mathit|"
                        r"mathsf|mathtt|mbox|operatorname)\s*\{([^{}]*)\}")
-_TRAILING_TEXT = re.compile(r"^(.*?\S)\s*\\(?:text|textrm|textnormal|textup|mbox|mathrm)\s*\{\s*[A-Za-z][A-Za-z .]*\}(?:\^\{?[23]\}?)?$")
-_UNIT_WORDS = re.compile(r"^(-?[\d.,]+%?|-?\d+/\d+|-?\\frac\{[^{}]*\}\{[^{}]*\})\s+[A-Za-z]{2,}[A-Za-z.]*(?:\s+[A-Za-z][A-Za-z.]*){0,3}"
-                         r"(?:\^\{?[23]\}?)?$")
-_TEX_THOUSANDS = re.compile(r",\\!\s*")  # MATH writes 10,\!000; "11,\! 111" is still one number
+_TRAILING_TEXT = re.compile(r"^(.*?\S)\s*\\(?:text|textrm|textnormal|textup|textbf|mbox|mathrm)\s*\{\s*[A-Za-z][A-Za-z .]*\}"
+                            r"(?:\^\{?[23]\}?)?$")
+_NOT_UNITS = r"(?!(?:sin|cos|tan|sec|csc|cot|log|ln|exp|sqrt|pi|or|and)\b)"
+_UNIT_WORDS = re.compile(r"^(-?[\d.,]+%?|-?\d+/\d+|-?\\frac\{[^{}]*\}\{[^{}]*\})(?:\s+" + _NOT_UNITS + r"[A-Za-z]{2,}|"
+                         + _NOT_UNITS + r"[A-Za-z]{3,})[A-Za-z.]*(?:\s+[A-Za-z][A-Za-z.]*){0,3}(?:\^\{?[23]\}?|²|³)?$")
+_TEX_THOUSANDS = re.compile(r"(?<=\d),\\!\s*(?=\d)|(?<=\d)\{,\}(?=\d)")  # 10,\!000 and 14{,}916 are one number
+_SPACE_THOUSANDS = re.compile(r"-?\d{1,3}(?: \d{3})+(?:\.\d+)?")  # "1 000"
 _SPACING = re.compile(r"\\(?:left|right|big|Big|bigg|Bigg|displaystyle)(?![A-Za-z])|(?<!\\)\\[!,;: ]|\\q?quad(?![A-Za-z])")
 _PERCENT_WORD = re.compile(r"(?<=\d)\s*(?:percent(?:age)?|pct)\.?$", re.I)
 _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\circ(?![A-Za-z])|°|\\degree(?![A-Za-z])|\s*degrees?$")
-_SIMPLE_LHS = re.compile(r"^[A-Za-z](?:_\{?\w+\}?)?\s*(?:=(?!=)|\\in(?![A-Za-z]))\s*(.+)$", re.S)
 _CHOICE = re.compile(r"^\(\s*([A-Ea-e])\s*\)$")
+_TRIG = re.compile(r"\\(?:sin|cos|tan|cot|sec|csc)(?![A-Za-z])")
+_DEGREE_ANGLE = re.compile(r"(\d+(?:\.\d+)?)\s*\^\s*\{?\s*\\circ\s*\}?")
+_VECTOR = re.compile(r"\\begin\{[pb]matrix\}(.*)\\end\{[pb]matrix\}", re.S)
+_AND_LIST = re.compile(r"\s*,?\s*\band\b\s*,?\s*")
+_CLOCK = re.compile(r"^(\d{1,2}):(\d{2})(?::(\d{2}))?\s*(?:([AaPp])\.?\s*[Mm]\.?)?$")
+_SUBSCRIPT_BRACES = re.compile(r"_\{(\w+)\}")
+_DOUBLE_ESCAPE = re.compile(r"(?<!\\)\\\\(?:[dt]?frac|sqrt|begin|end|boxed|text|left|right|cdot|times|pi|le|ge)(?![A-Za-z])")
 
 
-def _strip_wrappers(answer: str) -> str:
-    """Remove delimiters a completion puts around its answer ($..$, \\(..\\), \\boxed{}) and a final period."""
-    answer = answer.strip()
-    for _ in range(3):
-        before = answer
-        if len(answer) > 1 and answer.startswith("$") and answer.endswith("$"):
-            answer = answer.strip("$").strip()
-        for opener, closer in (("\\(", "\\)"), ("\\[", "\\]")):
-            if answer.startswith(opener) and answer.endswith(closer):
-                answer = answer[2:-2].strip()
-        boxed = re.fullmatch(r"\\(?:boxed|fbox)\s*\{(.*)\}", answer, re.S)
-        if boxed:
-            answer = boxed.group(1).strip()
-        answer = re.sub(r"(?<![.\\])[.,;]$", "", answer).strip()  # a sentence's stop, never an ellipsis
-        if answer == before:
-            break
-    return answer
+def _clock(s: str) -> str | None:
+    """"08:34 P.M." -> "20:34", "20:34:00" -> "20:34"; None when `s` is not a clock time."""
+    match = _CLOCK.match(s)
+    if not match:
+        return None
+    hours, minutes, seconds, half = int(match.group(1)), int(match.group(2)), match.group(3), match.group(4)
+    if half:
+        hours = hours % 12 + (12 if half in "Pp" else 0)
+    if hours > 24 or minutes > 59 or (seconds and seconds != "00"):
+        return None
+    return f"{hours}:{minutes:02d}"
 
 
 @lru_cache(maxsize=8192)
 def _normalize(answer: str) -> str:
     """A canonical form that keeps spacing (it is what the symbolic check reads)."""
-    s = answer.replace("\u2212", "-").replace("\u00a0", " ").replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
-    s = _strip_wrappers(s)
-    s = _SPACING.sub("", _TEX_THOUSANDS.sub(",", s))
+    s = answer.replace("\u2212", "-").replace("\u00a0", " ")
+    if _DOUBLE_ESCAPE.search(s):  # a string escaped twice: \\frac -> \frac, \\\\ -> \\
+        s = s.replace("\\\\", "\\")
+    s = re.sub(r"\\[dtc]frac(?![A-Za-z])", r"\\frac", s)
+    s = s.replace("\\begin{matrix}", "\\begin{pmatrix}").replace("\\end{matrix}", "\\end{pmatrix}")
+    s = strip_wrappers(s)
+    s = _SPACING.sub(" ", _TEX_THOUSANDS.sub("", s)).strip()
+    if _TRIG.search(s):  # \sin(90^\circ - x): degrees inside a trigonometric function are radians * pi/180
+        s = _DEGREE_ANGLE.sub(r"(\1\\pi/180)", s)
     s = _DEGREES.sub("", s)
     trailing = _TRAILING_TEXT.match(s)  # "5\text{ cm}^2" -> "5": units after a value
     if trailing:
         s = trailing.group(1)
     for _ in range(3):
         s = _TEXT_CMD.sub(r"\1", s)
-    s = s.replace("\\%", "%").replace("\\$", "").strip()
+    s = s.replace("\\%", "%").replace("\\$", "").replace("€", "").strip()
+    s = re.sub(r"\s*%$", "%", s)
     if s.startswith("$") and not s.endswith("$"):
         s = s[1:].strip()  # currency
-    s = re.sub(r"^(-?)\$", r"\1", s)
+    s = re.sub(r"^(-?)\$", r"\1", s).rstrip("$").strip()
     s = _PERCENT_WORD.sub("%", s)  # "28 percent" is "28%"
-    units = _UNIT_WORDS.match(s)  # "5 dollars", "3.5 hours", "12 square feet"
+    units = _UNIT_WORDS.match(s)  # "5 dollars", "3.5 hours", "12 square feet", "10weeks"
     if units and not re.search(r"\b(?:pi|sqrt|i|e|or|and)\b", s[units.end(1):]):
         s = units.group(1)
-    lhs = _SIMPLE_LHS.match(s)  # "x = 3" -> "3"
-    if lhs and "=" not in lhs.group(1):
-        s = lhs.group(1)
+    if _SPACE_THOUSANDS.fullmatch(s):
+        s = s.replace(" ", "")
+    if re.search(r"\band\b", s) and ("," in s or re.search(r"\d", s)):
+        s = _AND_LIST.sub(", ", s)  # "7, -2, and -5" / "6 and 8": one list
+    if "\\approx" in s:  # "x = 1/3 \approx 0.33": the exact value; "x \approx 11": the approximation
+        before, _, after = s.partition("\\approx")
+        s = before.strip() if "=" in before else after.split("\\approx")[-1].strip()
+    mixed = re.fullmatch(r"(-?)(\d+)\s+(\d+)/(\d+)", s)  # "1 1/2"
+    if mixed:
+        s = f"{mixed.group(1)}{mixed.group(2)}\\frac{{{mixed.group(3)}}}{{{mixed.group(4)}}}"
+    s = _SUBSCRIPT_BRACES.sub(r"_\1", s)  # 4210_{7} = 4210_7
+    clock = _clock(s)
+    if clock:
+        s = clock
+    if s.startswith("{") and s.endswith("}") and "," in s and _balanced(s[1:-1]):
+        s = s[1:-1]  # "{1, 2, 3}": a set written with bare braces
     choice = _CHOICE.match(s)
     if choice:
         s = choice.group(1).upper()
-    return _strip_wrappers(s)
+    return strip_wrappers(s)
 
 
 @lru_cache(maxsize=8192)
@@ -224,9 +111,61 @@ def _key(answer: str) -> str:
     s = re.sub(r"\\frac(\d)\{", r"\\frac{\1}{", s)
     s = re.sub(r"\\frac\{([^{}]*)\}(\d)", r"\\frac{\1}{\2}", s)
     s = re.sub(r"\\sqrt(\w)", r"\\sqrt{\1}", s)
+    s = re.sub(r"(?<![\d.])\.(\d)", r"0.\1", s)  # .1 = 0.1
     if re.fullmatch(r"[A-Za-z ]+", s):
         s = s.lower()
     return s
+
+
+# ---------------------------------------------------------------------------------------------- equation labels
+
+_RELATION = re.compile(r"\\(?:le|ge|leq|geq|neq|ne|lt|gt|in|approx)(?![A-Za-z])|[<>]|!=")
+
+
+def _split_top(text: str, separators: str = ",;") -> list[str]:
+    """Split at separators outside any brackets."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch in separators and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return parts
+
+
+_FUNCTION = re.compile(r"\\(?:sin|cos|tan|cot|sec|csc|arc\w+|sinh|cosh|tanh|log|ln|exp|sqrt|sum|prod|int|lim)(?![A-Za-z])")
+
+
+def _is_label(text: str) -> bool:
+    """A name being defined, not an expression: x, y_1, f(x), (p,q), |AB|, \\frac{NO}{BO}, V_1:V_2."""
+    core = re.sub(r"_\{[^{}]*\}|_\w", "", text.strip())
+    core = re.sub(r"\\frac\{([A-Za-z ]+)\}\{([A-Za-z ]+)\}", r"\1", core)
+    return (bool(core) and not re.search(r"[\d+\-*/^]", core) and not _RELATION.search(core) and len(core) <= 24
+            and not _FUNCTION.search(core))
+
+
+def _without_labels(answer: str) -> str | None:
+    """ "x = 1, y = 2" -> "1, 2"; "f(x) = 2x + 3" -> "2x + 3"; None when some '=' is not a label's."""
+    if "=" not in answer or _RELATION.search(answer.replace("\\approx", "")):
+        return None
+    groups = []
+    for group in _split_top(answer, ";"):
+        values = []
+        for part in _split_top(group, ","):
+            chain = part.split("=")
+            if len(chain) > 1:
+                if not _is_label(chain[-2]) or not chain[-1].strip():
+                    return None
+                part = chain[-1]
+            values.append(part.strip())
+        groups.append(values)
+    if len(groups) > 1:  # "p=5,q=2;p=7,q=2": one tuple per group
+        return ", ".join(f"({', '.join(values)})" if len(values) > 1 else values[0] for values in groups)
+    return ", ".join(groups[0])
 
 
 _WORDS = re.compile(r"[a-z][a-z ]+")
@@ -269,12 +208,15 @@ def _number_of(answer: str, key: str) -> tuple[Fraction, bool, int | None] | Non
 
 
 def _numbers_equal(a: tuple[Fraction, bool, int | None], b: tuple[Fraction, bool, int | None]) -> bool:
-    """Exact, except that a decimal of 6+ places equals a fraction it rounds or truncates (1/3 = 0.333333)."""
+    """Exact, except that a decimal of 3+ places equals a fraction it rounds or cuts off (1/3 = 0.333)."""
     if a[0] == b[0]:
         return True
     places = max(p for p in (a[2], b[2], -1) if p is not None)
     exact_side = a if a[2] is None else b if b[2] is None else None
-    return exact_side is not None and places >= 6 and abs(a[0] - b[0]) <= Fraction(1, 10 ** places)
+    if exact_side is None or places < 3:
+        return False
+    decimal_side = b if exact_side is a else a
+    return shown_places_agree(float(decimal_side[0]), float(exact_side[0]), 10.0 ** -places)
 
 
 def _numeric_match(pred: tuple[Fraction, bool, int | None], ref: tuple[Fraction, bool, int | None]) -> bool:
@@ -315,6 +257,114 @@ def _too_costly(text: str) -> bool:
     return bool(_NUMERIC_TOWER.search(text) or _HUGE_EXPONENT.search(text) or _HUGE_FACTORIAL.search(text))
 
 
+# ---------------------------------------------------------------------------------------------- comparison
+
+_ENVIRONMENT = re.compile(r"\\(?:begin|end)\s*\{[^{}]*\}(?:\{[^{}]*\})?")
+_NOT_MATH = re.compile(r"['\"`]|__|\bimport\b|\blambda\b|\bor\b|\?")
+
+
+def _is_math(answer: str) -> bool:
+    """False for code and prose: quotes, dunders, "or" (a hedge: "14 or 16"), two or more words outside \\text{}."""
+    text = _ENVIRONMENT.sub(" ", _TEXT_CMD.sub(" ", answer))
+    return not _NOT_MATH.search(text) and len(re.findall(r"(?<![\\A-Za-z])[A-Za-z]{2,}(?![A-Za-z])", text)) < 2
+
+
+def _is_ordered(ref_key: str) -> bool:
+    """A bare list of numbers written out of numeric order is a sequence (order matters); a sorted one may be
+    the set of solutions ("-2, 1"), so any order of it is accepted."""
+    parts = _split_top(ref_key, ",")
+    if len(parts) < 2 or ref_key[:1] in "([{\\":
+        return False
+    values = [_number(part) for part in parts]
+    if any(v is None for v in values):
+        return False
+    numbers = [v[0] for v in values]  # type: ignore[index]
+    return numbers != sorted(numbers) and numbers != sorted(numbers, reverse=True)
+
+
+def _decimal_comma(key: str, other: str) -> str:
+    """ "1,22" against "1.22": a decimal comma (a group of other than 3 digits cannot be thousands)."""
+    if re.fullmatch(r"-?(?:\d+,\d{1,2}|\d{4,},\d+|0,\d+)", key) and re.fullmatch(r"-?\d*\.\d+", other):
+        return key.replace(",", ".")
+    return key
+
+
+def _cheap_verdict(prediction: str, reference: str) -> bool | None:
+    """True/False from the pure-Python tiers, or None when only the symbolic tier can decide."""
+    pred_key, ref_key = _key(prediction), _key(reference)
+    if not pred_key or not ref_key:
+        return False
+    if pred_key == ref_key:
+        return True
+    if not _is_math(_normalize(prediction)):
+        return False  # code or prose never equals a number, whatever a parser could fish out of it
+    pred_key, ref_key = _decimal_comma(pred_key, ref_key), _decimal_comma(ref_key, pred_key)
+    pred_num, ref_num = _number_of(prediction, pred_key), _number_of(reference, ref_key)
+    if pred_num is not None and ref_num is not None:
+        return _numeric_match(pred_num, ref_num)  # two plain numbers: decided, no symbolic second opinion
+    if _WORDS.fullmatch(pred_key) and _WORDS.fullmatch(ref_key):
+        return False  # two different words ("monday" vs "friday")
+    if _too_costly(pred_key) or _too_costly(ref_key):
+        return None
+    return numeric_verdict(pred_key, ref_key, ordered=_is_ordered(ref_key))  # arithmetic at sample points
+
+
+def _pairs(prediction: str, reference: str) -> list[tuple[str, str]]:
+    """The forms to compare: with equation labels dropped when only one side has them ("f(x) = 2x+3" vs
+    "2x+3"; "x = 1, y = 2" vs "1, 2"), then as written."""
+    pred_norm, ref_norm = _normalize(prediction), _normalize(reference)
+    pairs = []
+    if "=" in pred_norm or "=" in ref_norm:
+        pred_bare = _without_labels(pred_norm) if "=" in pred_norm else pred_norm
+        ref_bare = _without_labels(ref_norm) if "=" in ref_norm else ref_norm
+        if pred_bare is not None and ref_bare is not None:
+            pairs.append((pred_bare, ref_bare))
+    pred_eqs, ref_eqs = _equations(pred_norm), _equations(ref_norm)
+    if pred_eqs and ref_eqs and [lhs for lhs, _ in pred_eqs] == [lhs for lhs, _ in ref_eqs]:
+        # same left sides: the right sides decide ("a+b = 0.5" vs "a+b = \frac12"), row by row in a system
+        pairs.append((f"({', '.join(rhs for _, rhs in pred_eqs)})", f"({', '.join(rhs for _, rhs in ref_eqs)})"))
+    pairs.append((pred_norm, ref_norm))
+    pred_vector, ref_vector = _vector(pred_norm), _vector(ref_norm)
+    if (pred_vector is None) != (ref_vector is None):  # a column or row vector written as a tuple
+        pred_list, ref_list = pred_vector or _bracket_list(pred_norm), ref_vector or _bracket_list(ref_norm)
+        if pred_list and ref_list:
+            pairs.insert(0, (f"({', '.join(pred_list)})", f"({', '.join(ref_list)})"))
+    return pairs
+
+
+def _equations(answer: str) -> list[tuple[str, str]] | None:
+    """(left-side key, right side) of each equation in "L = R" or a \begin{cases} system, else None."""
+    system = re.fullmatch(r"\\begin\{(?:cases|aligned|array)\}(?:\{[^{}]*\})?(.*)\\end\{(?:cases|aligned|array)\}",
+                          answer.strip(), re.S)
+    rows = [row for row in (system.group(1).split("\\\\") if system else [answer]) if row.strip()]
+    equations = []
+    for row in rows:
+        sides = row.replace("&", "").split("=")
+        if len(sides) != 2 or _RELATION.search(row) or not sides[0].strip() or not sides[1].strip():
+            return None
+        equations.append((_key(sides[0]), sides[1].strip()))
+    return equations or None
+
+
+def _vector(answer: str) -> list[str] | None:
+    """The entries of a one-column or one-row matrix, else None."""
+    match = _VECTOR.fullmatch(answer.strip())
+    if not match:
+        return None
+    rows = [row.strip() for row in match.group(1).split("\\\\") if row.strip()]
+    cells = [[cell.strip() for cell in row.split("&")] for row in rows]
+    if len(cells) == 1:
+        return cells[0]
+    return [row[0] for row in cells] if all(len(row) == 1 for row in cells) else None
+
+
+def _bracket_list(answer: str) -> list[str] | None:
+    if len(answer) > 2 and answer[0] in "([" and answer[-1] in ")]":
+        parts = _split_top(answer[1:-1], ",")
+        return [p.strip() for p in parts] if len(parts) > 1 else None
+    return None
+
+
 # ---------------------------------------------------------------------------------------------- public API
 
 def answers_match(prediction: str | None, reference: str | list[str], timeout: float = 5.0) -> bool:
@@ -325,52 +375,44 @@ def answers_match(prediction: str | None, reference: str | list[str], timeout: f
     if prediction is None:
         return False
     prediction = str(prediction)
-    if len(prediction) > MAX_ANSWER_CHARS:
+    if len(prediction) > MAX_ANSWER_CHARS or not prediction.strip():
         return False
     references = reference if isinstance(reference, list) else [reference]
-    references = [_reference_answer(str(r)) for r in references if r is not None]
-    pred_key = _key(prediction)
-    if not pred_key:
-        return False
     pending = []
-    for ref in references:
-        ref_key = _key(ref)
-        if not ref_key:
+    for ref in (reference_answer(str(r)) for r in references if r is not None):
+        if not ref:
             continue
-        if pred_key == ref_key:
-            return True
-        pred_num, ref_num = _number_of(prediction, pred_key), _number_of(ref, ref_key)
-        if pred_num is not None and ref_num is not None:
-            if _numeric_match(pred_num, ref_num):
+        for pred_form, ref_form in _pairs(prediction, ref):
+            verdict = _cheap_verdict(pred_form, ref_form)
+            if verdict:
                 return True
-            continue  # two plain numbers: decided, no symbolic second opinion
-        if _WORDS.fullmatch(pred_key) and _WORDS.fullmatch(ref_key):
-            continue  # two different words ("monday" vs "friday")
-        if not _too_costly(pred_key) and not _too_costly(ref_key):
-            verdict = numeric_verdict(pred_key, ref_key)  # arithmetic at sample points, no sympy
-            if verdict is not None:
-                if verdict:
-                    return True
-                continue
-        pending.append(ref)
-    pred_sym = _normalize(prediction)
-    if not pending or timeout <= 0 or _too_costly(pred_sym):  # timeout 0: the cheap tiers only
+            if verdict is None:
+                pending.append((pred_form, ref_form))
+                break
+    if timeout <= 0:  # the cheap tiers only
         return False
-    for ref in pending:
-        ref_sym = _normalize(ref)
-        if not _too_costly(ref_sym) and symbolic_match(pred_sym, ref_sym, float(timeout)):
+    for pred_form, ref_form in pending:
+        if not _too_costly(pred_form) and not _too_costly(ref_form) and \
+                symbolic_match(pred_form, ref_form, float(timeout)):
             return True
     return False
 
 
+def grade_answer(text: str, reference: str | list[str], timeout: float = 5.0) -> tuple[str | None, str | None, bool]:
+    """(extracted prediction, the extraction rule that found it, correct) for a completion."""
+    prediction, source = extract(text)
+    return prediction, source, answers_match(prediction, reference, timeout=timeout)
+
+
 def grade(text: str, reference: str | list[str], timeout: float = 5.0) -> tuple[str | None, bool]:
     """(extracted prediction, correct) for a completion."""
-    prediction = extract_answer(text)
-    return prediction, answers_match(prediction, reference, timeout=timeout)
+    prediction, _, correct = grade_answer(text, reference, timeout)
+    return prediction, correct
 
 
-def _reference_answer(reference: str) -> str:
-    """A reference may be a whole solution (GSM8K "... #### 72", MATH "... \\boxed{x}"): take its answer."""
-    if len(reference) > MAX_ANSWER_CHARS or "####" in reference or "\\boxed" in reference:
-        return extract_answer(reference) or reference[:MAX_ANSWER_CHARS]
-    return reference
+@lru_cache(maxsize=4096)
+def reference_answer(reference: str) -> str:
+    """The answer in a reference: as given, or the marked answer of a whole solution (GSM8K "... #### 72",
+    MATH "... \\boxed{x}"), or its last math span ("$21,16$ or $11$" is one list)."""
+    answer, _ = extract(reference, reference=True)
+    return answer or ""

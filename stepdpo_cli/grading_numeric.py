@@ -8,10 +8,11 @@ element by element. Anything outside this subset is "undecided" and goes to the 
 """
 from __future__ import annotations
 
+import cmath
 import math
 import re
 
-_TOKEN = re.compile(r"(\d+(?:\.\d*)?|\.\d+)|\\(frac|sqrt|pi|cdot|times|div|infty)(?![A-Za-z])|([A-Za-z])|([-+*/^(){}\[\]])")
+_TOKEN = re.compile(r"(\d+(?:\.\d*)?|\.\d+)|\\(frac|sqrt|pi|cdot|times|div|infty)(?![A-Za-z])|([A-Za-z](?:_\{[A-Za-z0-9]{1,8}\}|_[A-Za-z0-9])?)|([-+*/^(){}\[\]])")
 _MAX_EXPONENT = 400.0
 _POINTS = 3
 _REL_TOL = 1e-9
@@ -32,7 +33,7 @@ def _tokenize(text: str) -> list[tuple[str, str]]:
             raise Unevaluable(text[pos:pos + 10])
         number, command, letter, symbol = match.groups()
         tokens.append(("num", number) if number else ("cmd", command) if command else
-                      ("var", letter) if letter else ("sym", symbol))
+                      ("var", letter.replace("{", "").replace("}", "")) if letter else ("sym", symbol))
         pos = match.end()
     return tokens
 
@@ -157,8 +158,9 @@ def _divide(a: float, b: float) -> float:
 
 
 def _finite(value: float) -> float:
-    if isinstance(value, complex) or not math.isfinite(value):
-        raise Unevaluable("not a finite real")
+    """A finite real; a finite complex only arises when `i` is evaluated as the imaginary unit."""
+    if not cmath.isfinite(value):
+        raise Unevaluable("not finite")
     return value
 
 
@@ -172,12 +174,24 @@ def _point(names: list[str], index: int) -> dict[str, float]:
             for k, name in enumerate(names)}
 
 
-def _values(tokens: list[tuple[str, str]], names: list[str]) -> list[float]:
-    return [_Parser(list(tokens), _point(names, i)).parse() for i in range(_POINTS)]
+def _values(tokens: list[tuple[str, str]], names: list[str], imaginary: bool = False) -> list[float]:
+    """Values at the sample points; `imaginary`: `i` is the imaginary unit, not a variable."""
+    values = []
+    for index in range(_POINTS):
+        point = _point(names, index)
+        if imaginary:
+            point["i"] = 1j  # type: ignore[assignment]
+        value = _Parser(list(tokens), point).parse()
+        if isinstance(value, complex) and not imaginary:
+            raise Unevaluable("not a real")
+        values.append(value)
+    return values
 
 
 def _agree(a: float, b: float, tol: float) -> bool | None:
     """Equal / different / cannot tell: floats cannot separate 2^100 from 2^100+1, or 10^-20 from 0."""
+    if isinstance(a, complex) or isinstance(b, complex):
+        return abs(a - b) <= tol * max(abs(a), abs(b), 1.0)
     if math.isinf(a) or math.isinf(b):
         return a == b
     size = max(abs(a), abs(b))
@@ -231,14 +245,45 @@ def _structure(key: str) -> tuple[str, list[str]]:
     return ("list", parts) if len(parts) > 1 else ("scalar", parts)
 
 
-def _element_values(element: str, names: list[str]) -> list[float]:
+def _element_values(element: str, names: list[str], imaginary: bool = False) -> list[float]:
     if element in ("\\infty", "+\\infty", "-\\infty"):
         return [-math.inf if element.startswith("-") else math.inf] * _POINTS
-    return _values(_tokenize(element), names)
+    return _values(_tokenize(element), names, imaginary)
 
 
-def numeric_verdict(pred_key: str, ref_key: str) -> bool | None:
-    """True/False when arithmetic decides it, None when only the symbolic tier can."""
+_DECIMAL = re.compile(r"[-+]?\d*\.(\d+)(?:\\times10\^\{?(-?\d{1,3})\}?)?")  # 2.31\times10^{-3} too
+_SHOWN_PLACES = 3  # a decimal shown to 3+ places equals an exact value it agrees with in every shown place
+
+
+def _compare(pred: str, ref: str, pred_values: list[float], ref_values: list[float]) -> bool | None:
+    """One element pair: exact forms to float precision; a decimal of 3+ places against an exact value by its
+    shown places (1.732 = \\sqrt{3}, 125.663 = 40\\pi, 0.333 = 1/3); any other decimal only when clearly apart."""
+    for decimal, other, d_values, o_values in ((pred, ref, pred_values, ref_values), (ref, pred, ref_values, pred_values)):
+        shown = _DECIMAL.fullmatch(decimal)
+        if shown and len(shown.group(1)) >= _SHOWN_PLACES and "." not in other and not _WORD.search(other):
+            unit = 10.0 ** (-len(shown.group(1)) + (int(shown.group(2)) if shown.group(2) else 0))
+            if any(isinstance(v, complex) or math.isinf(v) for v in o_values):
+                return False
+            return all(shown_places_agree(d, o, unit) for d, o in zip(d_values, o_values))
+    exact = _same(pred_values, ref_values, _REL_TOL)
+    if ("." in pred or "." in ref) and not exact:  # 1.41 may be a rounding of \sqrt{2}: a clear difference decides
+        return False if _same(pred_values, ref_values, _DECIMAL_TOL) is False else None
+    return exact
+
+
+def shown_places_agree(decimal: float, exact: float, unit: float) -> bool:
+    """True if `decimal` is `exact` rounded, or cut off, to the places it shows (`unit` = 10^-places):
+    1.414 and 1.4142 for \\sqrt{2}, 125.663 for 40\\pi; never 1.415."""
+    slack = 1e-9 * max(1.0, abs(exact))
+    rounded = abs(decimal - exact) <= unit / 2 + slack
+    truncated = (decimal == 0 or (decimal > 0) == (exact > 0)) and 0 <= abs(exact) - abs(decimal) < unit + slack
+    return rounded or truncated
+
+
+def numeric_verdict(pred_key: str, ref_key: str, ordered: bool = False) -> bool | None:
+    """True/False when arithmetic decides it, None when only the symbolic tier can.
+
+    `ordered`: a bare comma list compares element by element in order (else as a multiset)."""
     if _MIXED_NUMBER.search(pred_key) or _MIXED_NUMBER.search(ref_key):
         return None  # 2\\frac{1}{4} is 9/4 to a reader (and to math-verify), not 2 * 1/4
     if _WORD.search(pred_key) or _WORD.search(ref_key):
@@ -249,6 +294,8 @@ def numeric_verdict(pred_key: str, ref_key: str) -> bool | None:
         if len(kind) == 2 and len(ref_kind) == 2:  # (a,b] vs (a,b): different brackets, different answers
             return False
         return None
+    if kind in ("set", "list") and not ordered:  # a set: a repeated element counts once
+        pred_parts, ref_parts = list(dict.fromkeys(pred_parts)), list(dict.fromkeys(ref_parts))
     if len(pred_parts) != len(ref_parts):
         return False
     try:
@@ -256,31 +303,40 @@ def numeric_verdict(pred_key: str, ref_key: str) -> bool | None:
                                      if "\\infty" not in p)))
         pred_values = [_element_values(p, names) for p in pred_parts]
         ref_values = [_element_values(r, names) for r in ref_parts]
-    except (Unevaluable, OverflowError, ZeroDivisionError, ValueError, RecursionError):
+    except (Unevaluable, OverflowError, ZeroDivisionError, ValueError, RecursionError, TypeError):
         return None
-    # A decimal may be a rounding of an exact value (1.41421 for \\sqrt{2}): only a clear difference is
-    # decisive, and agreement is left to the symbolic tier.
-    decimals = "." in pred_key or "." in ref_key
-    verdict = _decide(kind, pred_values, ref_values, _DECIMAL_TOL if decimals else _REL_TOL)
-    if verdict is False and {"e", "i"} & set(names):  # free variables here; as constants they might agree
-        return None
-    return None if verdict and decimals else verdict
 
+    def same(i: int, j: int) -> bool | None:
+        return _compare(pred_parts[i], ref_parts[j], pred_values[i], ref_values[j])
 
-def _decide(kind: str, pred_values: list[list[float]], ref_values: list[list[float]], tol: float) -> bool | None:
-    if kind in ("set", "list"):  # unordered: each prediction element pairs with a distinct reference one
-        unused = list(ref_values)
-        for values in pred_values:
-            verdicts = [_same(values, r, tol) for r in unused]
-            if None in verdicts:
-                return None
-            if True not in verdicts:
-                return False
-            unused.pop(verdicts.index(True))
-    else:
-        verdicts = [_same(a, b, tol) for a, b in zip(pred_values, ref_values)]
-        if False in verdicts:
-            return False
-        if None in verdicts:
+    unordered = kind == "set" or (kind == "list" and not ordered)
+    verdict = _decide(unordered, len(pred_parts), same)
+    if verdict is False and "i" in names:  # as the imaginary unit: i(2-i) = 1+2i
+        try:
+            others = [name for name in names if name != "i"]
+            pred_values = [_element_values(p, others, imaginary=True) for p in pred_parts]
+            ref_values = [_element_values(r, others, imaginary=True) for r in ref_parts]
+            verdict = True if _decide(unordered, len(pred_parts), same) else None
+        except (Unevaluable, OverflowError, ZeroDivisionError, ValueError, RecursionError, TypeError):
             return None
-    return True
+    if verdict is False and "e" in names:  # a free variable here; as Euler's number it might agree
+        return None
+    return verdict
+
+
+def _decide(unordered: bool, count: int, same) -> bool | None:
+    if unordered:  # each prediction element pairs with a distinct reference one
+        unused = list(range(count))
+        for i in range(count):
+            verdicts = [same(i, j) for j in unused]
+            if True in verdicts:
+                unused.pop(verdicts.index(True))
+            elif None in verdicts:
+                return None
+            else:
+                return False
+        return True
+    verdicts = [same(i, i) for i in range(count)]
+    if False in verdicts:
+        return False
+    return None if None in verdicts else True
