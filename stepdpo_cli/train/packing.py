@@ -371,28 +371,33 @@ def _flex(query, key, value, block_mask, scale, enable_gqa):
 
 
 def _segment_attention(layout: Layout, query, key, value, scale, dropout, window, gqa: bool):
-    """SDPA per document part; the output rows are assembled in place order, padding rows are zero."""
-    out_rows = []
+    """SDPA per document part; the output rows are assembled in place order, padding rows are zero.
+    Rows and documents are cut with unbind / split, whose backward concatenates: slicing the (rows, heads, N, d)
+    tensors per document would make every slice's gradient a zero-filled full-size tensor."""
     by_row: dict[int, list] = {}
     for b, s, P, C, R in layout.docs:
         by_row.setdefault(b, []).append((s, P, C, R))
-    for b in range(layout.rows):
-        pieces, end = [], 0
-        for s, P, C, R in by_row.get(b, []):
-            n = P + C
-            q1, k1, v1 = query[b:b + 1, :, s:s + n], key[b:b + 1, :, s:s + n], value[b:b + 1, :, s:s + n]
-            mask = layout.causal_mask(n, window)
+    out_rows = []
+    for b, (q_row, k_row, v_row) in enumerate(zip(query.unbind(0), key.unbind(0), value.unbind(0))):
+        docs = by_row.get(b, [])
+        sizes = [n for _, P, C, R in docs for n in (P + C, R)]
+        pad = layout.length - sum(sizes)
+        sizes += [pad] if pad else []
+        qs, ks, vs = (t.split(sizes, dim=1) for t in (q_row, k_row, v_row))
+        pieces = []
+        for d, (_, P, C, R) in enumerate(docs):
+            q1, k1, v1 = qs[2 * d][None], ks[2 * d][None], vs[2 * d][None]
+            mask = layout.causal_mask(P + C, window)
             pieces.append(F.scaled_dot_product_attention(q1, k1, v1, attn_mask=mask, dropout_p=dropout,
                                                          is_causal=mask is None, scale=scale, enable_gqa=gqa))
             if R:
-                q2 = query[b:b + 1, :, s + n:s + n + R]
-                k2 = torch.cat([key[b:b + 1, :, s:s + P], key[b:b + 1, :, s + n:s + n + R]], dim=2)
-                v2 = torch.cat([value[b:b + 1, :, s:s + P], value[b:b + 1, :, s + n:s + n + R]], dim=2)
-                pieces.append(F.scaled_dot_product_attention(q2, k2, v2, attn_mask=layout.rejected_mask(P, R, window),
+                k2 = torch.cat([k1[:, :, :P], ks[2 * d + 1][None]], dim=2)
+                v2 = torch.cat([v1[:, :, :P], vs[2 * d + 1][None]], dim=2)
+                pieces.append(F.scaled_dot_product_attention(qs[2 * d + 1][None], k2, v2,
+                                                             attn_mask=layout.rejected_mask(P, R, window),
                                                              dropout_p=dropout, scale=scale, enable_gqa=gqa))
-            end = s + n + R
-        if end < layout.length:
-            pieces.append(query.new_zeros(1, query.shape[1], layout.length - end, value.shape[-1]))
+        if pad:
+            pieces.append(query.new_zeros(1, query.shape[1], pad, value.shape[-1]))
         out_rows.append(torch.cat(pieces, dim=2))
     return torch.cat(out_rows, dim=0)
 
