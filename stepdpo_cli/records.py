@@ -96,6 +96,16 @@ def _long_line_error(head: bytes, size: int, limit: int) -> InputError:
                       field=keys[-1].decode() if keys else None)
 
 
+def skip_or_raise(error: InputError, skip_invalid: bool, stats: ReadStats, log: Any = None) -> None:
+    """--skip-invalid bookkeeping for any row source: raise `error`, or count it and report it through `log`."""
+    if not skip_invalid:
+        raise error from None
+    stats.invalid += 1
+    stats.errors.append(str(error))
+    if log is not None:
+        log(f"skipped invalid record: {error}")
+
+
 def iter_jsonl(path: str | None = None, *, skip_invalid: bool = False, stats: ReadStats | None = None,
                validate: Any = None, log: Any = None, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
                unique_ids: bool = True) -> Iterator[dict]:
@@ -133,13 +143,8 @@ def iter_jsonl(path: str | None = None, *, skip_invalid: bool = False, stats: Re
                         raise InputError(f"duplicate id {key!r}, first on line {seen[key]}", field="id")
                     seen[key] = number
             except InputError as exc:
-                error = InputError(exc.message, source=source, line=number, field=exc.field)
-                if not skip_invalid:
-                    raise error from None
-                stats.invalid += 1
-                stats.errors.append(str(error))
-                if log is not None:
-                    log(f"skipped invalid record: {error}")
+                skip_or_raise(InputError(exc.message, source=source, line=number, field=exc.field),
+                              skip_invalid, stats, log)
                 continue
             stats.read += 1
             yield record

@@ -71,7 +71,7 @@ def _final_correct(record: dict, timeout: float) -> bool:
 def rollout_records(records: Iterable[dict], backend: Backend, *, spec: str = "", rollouts: int = 8,
                     threshold: float = 0.0, search: str = "linear", temperature: float = 0.8, top_p: float = 0.95,
                     max_tokens: int = 512, seed: int = 0, batch_size: int = 64, template: str | None = None,
-                    grade_timeout: float = 5.0, check_root: bool = False,
+                    grade_timeout: float = 5.0, check_root: bool = False, stop: tuple[str, ...] = (),
                     counts: dict | None = None) -> Iterator[list[dict]]:
     """Localize records by rollouts, `batch_size` records at a time; yields each finished batch as a list.
 
@@ -80,7 +80,8 @@ def rollout_records(records: Iterable[dict], backend: Backend, *, spec: str = ""
     if search not in SEARCHES:
         raise ValueError(f"search must be one of {SEARCHES}")
     counts = counts if counts is not None else {}
-    params = SamplingParams(n=rollouts, temperature=temperature, top_p=top_p, max_tokens=max_tokens)
+    params = SamplingParams(n=rollouts, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                            stop=tuple(stop))
     settings = {"method": "rollout", "model": spec, "rollouts": rollouts, "threshold": threshold, "search": search,
                 "temperature": temperature, "top_p": top_p, "max_tokens": max_tokens, "seed": seed,
                 "check_root": check_root}

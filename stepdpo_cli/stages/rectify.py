@@ -49,7 +49,7 @@ def rectify_records(records: Iterable[dict], backend: Backend, *, spec: str = ""
                     verify_chosen: Callable | None = None, verify_spec: str = "", template: str | None = None,
                     judge_check: Callable[[list[tuple]], list[bool]] | None = None, judge_spec: str = "",
                     batch_size: int = 32, grade_timeout: float = 5.0, accept: str = "answer",
-                    counts: dict | None = None) -> Iterator[list[dict]]:
+                    stop: tuple[str, ...] = (), counts: dict | None = None) -> Iterator[list[dict]]:
     """Add `candidates` and `rectify` to each record, `batch_size` records per generate call.
 
     `verify_chosen(problem, steps, record)` is a programmatic check of each winner's own steps;
@@ -59,7 +59,7 @@ def rectify_records(records: Iterable[dict], backend: Backend, *, spec: str = ""
     steps) or "step" (only the continuation's first step must pass the checks; one of them is required)."""
     check_accept(accept, verify_chosen is not None or judge_check is not None)
     counts = counts if counts is not None else {}
-    params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens)
+    params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=tuple(stop))
     settings = {"model": spec, "n": n, "temperature": temperature, "top_p": top_p, "max_tokens": max_tokens,
                 "seed": seed, "drop_same": drop_same, "max_candidates": max_candidates, "accept": accept,
                 "verify_chosen": verify_spec or None, "verify_judge": judge_spec or None}
