@@ -718,7 +718,10 @@ def train(
     save_steps: Annotated[int, typer.Option(help="Checkpoint every N steps (0: never).")] = 0,
     logging_steps: Annotated[int, typer.Option(help="Metrics line every N steps.")] = 1,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in --output.")] = False,
-    report_to: Annotated[str, typer.Option(help="none | tensorboard (OUTPUT/runs).")] = "none",
+    report_to: Annotated[str, typer.Option(help="none, or trackers separated by commas: tensorboard (OUTPUT/runs), "
+                                                "wandb (OUTPUT/wandb; WANDB_MODE=offline works), mlflow (file store "
+                                                "OUTPUT/mlruns unless MLFLOW_TRACKING_URI), trackio. The run's "
+                                                "config is logged.")] = "none",
     deepspeed: Annotated[Optional[str], typer.Option(help="zero2 | zero3 | zero3-offload | config JSON.")] = None,
     num_processes: Annotated[int, typer.Option(help="Processes (re-launches through accelerate launch).")] = 1,
     config_file: Annotated[Optional[str], typer.Option(help="accelerate config yaml (multi-node).")] = None,
@@ -737,10 +740,12 @@ def train(
     log.set_quiet(quiet)
     for name, value, allowed in (("--objective", objective, OBJECTIVES), ("--loss", loss, LOSS_TYPES),
                                  ("--scheduler", scheduler, ("cosine", "linear", "constant")),
-                                 ("--report-to", report_to, ("none", "tensorboard")),
                                  ("--step-text", step_text, ("step-end", "as-given"))):
         if value not in allowed:
             raise InputError(f"{value!r} is not one of {', '.join(allowed)}", field=name)
+    from .train.loop import tracker_names
+
+    tracker_names(report_to)  # an unknown or missing tracker is a usage error before anything loads
     check_ranges(sizes={"--batch-size": batch_size, "--grad-accum": grad_accum, "--max-length": max_length,
                         "--num-processes": num_processes, "--logging-steps": logging_steps})
     check_train_output(model, output)

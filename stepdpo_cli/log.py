@@ -6,7 +6,7 @@ import time
 from typing import Any, Iterator
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 # soft_wrap: a message is one line however long (a log file or pipe gets whole records, not 80 columns).
@@ -46,15 +46,23 @@ def warn(message: str) -> None:
 
 
 @contextlib.contextmanager
-def progress(description: str, total: int | None = None) -> Iterator[Any]:
-    """A rich progress bar on stderr; yields `advance(n=1)`. Silent when quiet or stderr is not a terminal."""
+def progress(description: str, total: int | None = None, *, completed: int = 0,
+             status: bool = False) -> Iterator[Any]:
+    """A rich progress bar on stderr; yields `advance(n=1, status=None)`. Silent when quiet or stderr is not a
+    terminal. `status=True` adds a free text column (e.g. train's loss) and the estimated time left."""
     if _quiet or not console.is_terminal:
-        yield lambda n=1: None
+        yield lambda n=1, status=None: None
         return
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    if status:
+        columns += [TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[status]}", markup=False)]
     with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n=1: bar.advance(task, n)
+        task = bar.add_task(description, total=total, completed=completed, status="")
+
+        def advance(n: int = 1, status: str | None = None) -> None:
+            bar.update(task, advance=n, **({"status": status} if status is not None else {}))
+
+        yield advance
 
 
 def table(title: str, rows: list[dict], columns: list[str] | None = None) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import contextlib
 import math
 import os
 import shutil
@@ -90,6 +91,53 @@ class TrainConfig:
 
 # ---------------------------------------------------------------------------------------------- setup
 
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio"}  # -> module
+
+
+def tracker_names(report_to: str) -> list[str]:
+    """`--report-to` ("none", or trackers separated by commas) -> accelerate tracker names; InputError naming a
+    tracker that is unknown or whose package is not installed."""
+    import importlib.util
+
+    names = [n.strip().lower() for n in (report_to or "none").split(",") if n.strip()]
+    if names in ([], ["none"]):
+        return []
+    for name in names:
+        if name not in TRACKERS:
+            raise InputError(f"{name!r} is not one of none, {', '.join(TRACKERS)}", field="--report-to")
+        if importlib.util.find_spec(TRACKERS[name]) is None:
+            raise InputError(f"{name} is not installed (pip install 'stepdpo[trackers]' or pip install {name})",
+                             field="--report-to")
+    return list(dict.fromkeys(names))
+
+
+def _init_trackers(accelerator, config: TrainConfig, trackers: list[str]) -> None:
+    """Start the trackers with the run's config. Their files go under OUTPUT: tensorboard OUTPUT/runs, wandb
+    OUTPUT/wandb (WANDB_MODE=offline works), mlflow a file store OUTPUT/mlruns unless MLFLOW_TRACKING_URI is set."""
+    import pathlib
+
+    run_name = os.path.basename(os.path.normpath(config.output))
+    if "mlflow" in trackers and not os.environ.get("MLFLOW_TRACKING_URI"):
+        import mlflow
+
+        # A local file store needs no server or database (MLflow 3 asks to opt in to it).
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        mlflow.set_tracking_uri(pathlib.Path(config.output, "mlruns").absolute().as_uri())
+    init_kwargs = {"wandb": {"dir": config.output, "name": run_name}, "mlflow": {"run_name": run_name}}
+    values = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in asdict(config).items()
+              if k != "extra"}
+    accelerator.init_trackers("stepdpo", config=values,
+                              init_kwargs={k: v for k, v in init_kwargs.items() if k in trackers})
+
+
+def _progress_status(metrics: dict) -> str:
+    """The progress bar's text: the last logged loss and reward accuracy."""
+    parts = [f"{name} {metrics[key]:.4f}" for key, name in (("loss", "loss"), ("reward_accuracy", "reward acc"))
+             if isinstance(metrics.get(key), float)]
+    return "  ".join(parts)
+
+
+
 def _make_accelerator(config: TrainConfig):
     from accelerate import Accelerator
     from accelerate.utils import InitProcessGroupKwargs
@@ -109,8 +157,8 @@ def _make_accelerator(config: TrainConfig):
         gradient_accumulation_steps=config.grad_accum,
         mixed_precision="bf16" if config.bf16 and not config.pure_bf16 else "no",
         kwargs_handlers=handlers, deepspeed_plugin=plugin, step_scheduler_with_optimizer=False,
-        log_with="tensorboard" if config.report_to == "tensorboard" else None,
-        project_dir=os.path.join(config.output, "runs") if config.report_to == "tensorboard" else None,
+        log_with=tracker_names(config.report_to) or None,
+        project_dir=os.path.join(config.output, "runs") if tracker_names(config.report_to) else None,
     )
     # A DeepSpeed config from an accelerate yaml (--config-file) may say "auto" for the micro-batch size,
     # which accelerate can only fill from a prepared DataLoader; we batch ourselves, so fill it here.
@@ -366,9 +414,12 @@ def train(config: TrainConfig, emit: Callable[[dict], None] | None = None) -> di
             log.log(f"train: resumed from {path} (step {start_step})")
     elif config.resume and main:
         log.log("train: --resume but no checkpoint yet; starting from step 0")
-    if config.report_to == "tensorboard":
-        accelerator.init_trackers("stepdpo", config={k: v for k, v in asdict(config).items()
-                                                     if isinstance(v, (int, float, str, bool))})
+    trackers = tracker_names(config.report_to)
+    if trackers:
+        _init_trackers(accelerator, config, trackers)
+    stack = contextlib.ExitStack()  # the progress bar, closed after the last step
+    advance = stack.enter_context(log.progress("train", total=total_steps, completed=start_step, status=True)) \
+        if main else (lambda n=1, status=None: None)
 
     loss_config = config.loss_config()
     window: dict[str, float] = {}
@@ -409,15 +460,17 @@ def train(config: TrainConfig, emit: Callable[[dict], None] | None = None) -> di
                 last = _log_metrics(accelerator, window, step, steps_per_epoch, lr, tokens, time.perf_counter() - t0,
                                     config, emit)
                 window, tokens, t0 = {}, 0, time.perf_counter()
+            advance(1, status=_progress_status(last))
             if config.save_steps and step % config.save_steps == 0 and step < total_steps:
                 _save_checkpoint(accelerator, config.output, step, {"step": step, "epoch": epoch,
                                                                     "seed": config.seed})
         epoch += 1
+    stack.close()
 
     summary = {"objective": config.objective, "steps": step, "rows": len(examples), "processes": world,
                "seconds": round(time.perf_counter() - started, 2), **{k: last[k] for k in last if k != "step"}}
     _save_model(accelerator, model, tokenizer, config, template, model_path, summary)
-    if config.report_to == "tensorboard":
+    if trackers:
         accelerator.end_training()
     return summary
 
@@ -552,7 +605,7 @@ def _log_metrics(accelerator, window: dict, step: int, steps_per_epoch: int, lr:
     metrics = {k: metrics[k] for k in order if k in metrics}
     if accelerator.is_main_process and emit is not None:
         emit(metrics)
-    if config.report_to == "tensorboard":
+    if tracker_names(config.report_to):
         accelerator.log({f"train/{k}": v for k, v in metrics.items() if k != "step"}, step=step)
     return metrics
 
