@@ -29,8 +29,10 @@ app = typer.Typer(
 
 # Options every record stage shares.
 InputOpt = Annotated[Optional[str], typer.Option("-i", "--input", help="Input JSONL (.gz ok); default stdin.")]
-OutputOpt = Annotated[Optional[str], typer.Option("-o", "--output", help="Output JSONL; default stdout.")]
-ResumeOpt = Annotated[bool, typer.Option("--resume", help="Skip records whose id is already in -o; append.")]
+OutputOpt = Annotated[Optional[str], typer.Option("-o", "--output", help="Output JSONL (.gz: gzip), written as "
+                                                   "OUTPUT.partial until the run ends; default stdout.")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted or failed run: skip the inputs "
+                                         "already in -o (or -o.partial); append.")]
 SkipInvalidOpt = Annotated[bool, typer.Option("--skip-invalid", help="Log and skip bad records instead of exit 2.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (recorded in outputs).")]
 SEED = 0  # the one default of --seed, every command
