@@ -16,7 +16,7 @@ import re
 from typing import Any, Callable, Iterable, Iterator
 
 from .grading import extract_answer
-from .records import InputError, ReadStats, iter_jsonl, normalize_problem
+from .records import InputError, ReadStats, iter_jsonl, normalize_problem, skip_or_raise
 
 HUB_SOURCES = {
     "gsm8k": ("openai/gsm8k", ["main"]),
@@ -193,19 +193,20 @@ def iter_rows(data: str, *, split: str = "train", validate: Callable[[dict], dic
     # CSV cannot tell an empty cell from a missing one and reads both as null; Math-Step-DPO-10K's empty
     # `rejected` strings must stay empty strings (skipped with a warning), not become "missing" errors.
     csv = data.endswith((".csv", ".csv.gz"))
+    seen: dict[str, int] = {}
     for index, row in enumerate(table):
         try:
             record = {k: "" if v is None else v for k, v in row.items()} if csv else dict(row)
             if validate is not None:
                 record = validate(record)
+            if record.get("id") is not None:  # ids are unique as in JSONL input (resume keys on them)
+                key = str(record["id"])
+                if key in seen:
+                    raise InputError(f"duplicate id {key!r}, first in row {seen[key]}", field="id")
+                seen[key] = index
         except InputError as exc:
-            error = InputError(exc.message, source=f"{name} row {index}", field=exc.field)
-            if not skip_invalid:
-                raise error from None
-            stats.invalid += 1
-            stats.errors.append(str(error))
-            if log is not None:
-                log(f"skipped invalid record: {error}")
+            skip_or_raise(InputError(exc.message, source=f"{name} row {index}", field=exc.field), skip_invalid,
+                          stats, log)
             continue
         stats.read += 1
         yield record

@@ -115,3 +115,11 @@ def test_hub_id_offline_and_not_cached_is_one_clear_line(tiny_model, tmp_path):
 def test_not_a_file_nor_a_hub_id(tmp_path):
     with pytest.raises(InputError, match="no such file, folder or hub dataset id"):
         list(iter_rows(str(tmp_path / "nothing.parquet")))
+
+
+def test_duplicate_ids_are_refused_like_jsonl(tmp_path):
+    rows = [{**row, "id": f"r{min(i, 2)}"} for i, row in enumerate(math_step_dpo_rows(4))]  # rows 2 and 3: r2
+    path = tmp_path / "dup.parquet"
+    Dataset.from_list(rows).to_parquet(str(path))
+    with pytest.raises(InputError, match="row 3: field 'id': duplicate id 'r2', first in row 2"):
+        list(iter_rows(str(path), validate=validator("step-dpo")))
