@@ -7,15 +7,20 @@ evaluated as code; inputs are size-capped and screened before any parser sees th
 """
 from __future__ import annotations
 
+import os
 import re
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from fractions import Fraction
 from functools import lru_cache
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from .grading_extract import MAX_ANSWER_CHARS, SOURCES, _balanced, extract, extract_answer, strip_wrappers
 from .grading_numeric import numeric_verdict, shown_places_agree
 from .grading_worker import MAX_SYMBOLIC_CHARS, symbolic_match
 
-__all__ = ["MAX_ANSWER_CHARS", "SOURCES", "answers_match", "extract", "extract_answer", "grade", "grade_answer"]
+__all__ = ["MAX_ANSWER_CHARS", "SOURCES", "answers_match", "extract", "extract_answer", "grade", "grade_answer",
+           "grade_many", "map_in_order"]
 
 # ---------------------------------------------------------------------------------------------- normalisation
 
@@ -416,3 +421,62 @@ def reference_answer(reference: str) -> str:
     MATH "... \\boxed{x}"), or its last math span ("$21,16$ or $11$" is one list)."""
     answer, _ = extract(reference, reference=True)
     return answer or ""
+
+
+# ---------------------------------------------------------------------------------------------- many at once
+
+Item = TypeVar("Item")
+
+
+def grade_threads() -> int:
+    """Records graded at once (`STEPDPO_GRADE_THREADS`, default 4). Threads suffice: the slow symbolic work runs
+    in worker processes (grading_worker.py), so a thread waiting on one pathological answer blocks no other."""
+    try:
+        return max(1, int(os.environ.get("STEPDPO_GRADE_THREADS", "4")))
+    except ValueError:
+        return 4
+
+
+def map_in_order(function: Callable[[Item], Any], items: Iterable[Item], *,
+                 threads: int | None = None) -> Iterator[tuple[Item, Any]]:
+    """(item, function(item)) in input order, up to `threads` items in flight and a bounded read-ahead.
+
+    One slow item costs its own time while the others proceed. If reading `items` raises (bad input), every
+    item read before it is still yielded first, then the error is raised, so nothing already graded is lost."""
+    threads = grade_threads() if threads is None else threads
+    if threads <= 1:
+        for item in items:
+            yield item, function(item)
+        return
+    window = 4 * threads
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="stepdpo-grade")
+    pending: deque[tuple[Item, Future]] = deque()
+    error: BaseException | None = None
+    try:
+        iterator = iter(items)
+        while True:
+            try:
+                item = next(iterator)
+            except StopIteration:
+                break
+            except Exception as exc:  # noqa: BLE001 - re-raised after the items read before it are out
+                error = exc
+                break
+            pending.append((item, pool.submit(function, item)))
+            while pending and (len(pending) >= window or pending[0][1].done()):
+                first, future = pending.popleft()
+                yield first, future.result()
+        while pending:
+            first, future = pending.popleft()
+            yield first, future.result()
+        if error is not None:
+            raise error
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def grade_many(items: Iterable[tuple[str, str | list[str]]], timeout: float = 5.0,
+               threads: int | None = None) -> list[tuple[str | None, str | None, bool]]:
+    """`grade_answer` over (completion, reference) pairs, in parallel, results in input order."""
+    return [result for _, result in map_in_order(lambda item: grade_answer(item[0], item[1], timeout), items,
+                                                 threads=threads)]

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 from ..backends.base import Backend, SamplingParams
-from ..grading import answers_match, grade
+from ..grading import answers_match, grade_many
 from ..records import batched
 from ..templates import eval_prompt
 from .sample import generate_for_problems
@@ -116,8 +116,10 @@ def evaluate_records(records: Iterable[dict], backend: Backend, params: Sampling
         outputs, seeds, seconds = generate_for_problems(problems, backend, params, template=template, seed=seed,
                                                         render=eval_prompt)
         stats.generate_seconds += seconds
+        chunk_graded = iter(grade_many([(c.text, p["answer"]) for p, cs in zip(problems, outputs) for c in cs],
+                                       timeout=grade_timeout))  # the chunk at once: one slow answer stalls no other
         for problem, completions, problem_seed in zip(problems, outputs, seeds):
-            graded = [grade(c.text, problem["answer"], timeout=grade_timeout) for c in completions]
+            graded = [next(chunk_graded) for _ in completions]
             record = {**problem, "template": template,
                       "generation": {"model": backend.model, "backend": backend.name, "seed": problem_seed,
                                      "run_seed": seed, **params.as_record(),
@@ -125,17 +127,19 @@ def evaluate_records(records: Iterable[dict], backend: Backend, params: Sampling
                                      "finish_reason": [c.finish_reason for c in completions]}}
             stats.tokens += sum(c.num_tokens for c in completions)
             if len(completions) == 1:
-                prediction, correct = graded[0]
-                record.update(completion=completions[0].text, prediction=prediction, correct=correct)
+                prediction, source, correct = graded[0]
+                record.update(completion=completions[0].text, prediction=prediction, prediction_source=source,
+                              correct=correct)
             else:
-                predictions = [p for p, _ in graded]
+                predictions = [p for p, _, _ in graded]
                 majority = majority_vote(predictions)
                 record.update(
-                    completions=[c.text for c in completions], predictions=predictions, majority=majority,
+                    completions=[c.text for c in completions], predictions=predictions,
+                    prediction_sources=[source for _, source, _ in graded], majority=majority,
                     prediction=majority,
                     correct=majority is not None and answers_match(majority, problem["answer"], timeout=grade_timeout),
-                    pass_at_k=any(ok for _, ok in graded),
-                    mean_correct=sum(ok for _, ok in graded) / len(graded),
+                    pass_at_k=any(ok for _, _, ok in graded),
+                    mean_correct=sum(ok for _, _, ok in graded) / len(graded),
                 )
             stats.add(record)
             advance(1)

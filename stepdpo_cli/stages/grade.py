@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Iterable, Iterator
 
-from ..grading import answers_match, extract_answer
+from ..grading import answers_match, extract, map_in_order
 from ..records import InputError, ensure_id, normalize_answer
 
 
@@ -27,18 +27,26 @@ def validate_gradable(record: dict) -> dict:
     return record
 
 
-def grade_records(records: Iterable[dict], *, timeout: float = 5.0,
-                  counts: dict[str, int] | None = None) -> Iterator[dict]:
-    """Yield each record with `prediction` (extracted from `completion` when present) and `correct` added."""
+def _grade_one(record: dict, timeout: float) -> tuple[str | None, str | None, bool]:
+    if isinstance(record.get("completion"), str):
+        prediction, source = extract(record["completion"])
+    else:
+        value = record.get("prediction")
+        prediction, source = (None, None) if value is None else (str(value), "given")
+    return prediction, source, answers_match(prediction, record["answer"], timeout=timeout)
+
+
+def grade_records(records: Iterable[dict], *, timeout: float = 5.0, counts: dict[str, int] | None = None,
+                  threads: int | None = None) -> Iterator[dict]:
+    """Yield each record with `prediction` (extracted from `completion` when present), `prediction_source` (the
+    extraction rule, "given" for a supplied prediction) and `correct` added, in input order. Records are graded
+    `threads` at a time (default `STEPDPO_GRADE_THREADS` or 4), so one pathological answer costs its own
+    timeout, not the whole run's."""
     counts = counts if counts is not None else {}
-    for record in records:
-        if isinstance(record.get("completion"), str):
-            prediction = extract_answer(record["completion"])
-        else:
-            value = record.get("prediction")
-            prediction = None if value is None else str(value)
-        correct = answers_match(prediction, record["answer"], timeout=timeout)
+    for record, (prediction, source, correct) in map_in_order(lambda r: _grade_one(r, timeout), records,
+                                                              threads=threads):
         record["prediction"] = prediction
+        record["prediction_source"] = source
         record["correct"] = correct
         counts["graded"] = counts.get("graded", 0) + 1
         counts["correct"] = counts.get("correct", 0) + int(correct)

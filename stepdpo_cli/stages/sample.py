@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 from ..backends.base import Backend, Request, SamplingParams
-from ..grading import grade
+from ..grading import grade_many
 from ..records import batched, derive_seed, normalize_problem
 from ..steps import split_steps
 from ..templates import generation_prompt
@@ -82,10 +82,12 @@ def sample_records(records: Iterable[dict], backend: Backend, params: SamplingPa
     for problems in batched(records, max(1, chunk_size)):
         outputs, seeds, seconds = generate_for_problems(problems, backend, params, template=template, seed=seed)
         stats.generate_seconds += seconds
+        graded = iter(grade_many([(c.text, p["answer"]) for p, cs in zip(problems, outputs) for c in cs],
+                                 timeout=grade_timeout))  # the chunk at once: one slow answer stalls no other
         for problem, completions, problem_seed in zip(problems, outputs, seeds):
             group = []
             for j, completion in enumerate(completions):
-                prediction, correct = grade(completion.text, problem["answer"], timeout=grade_timeout)
+                prediction, source, correct = next(graded)
                 stats.samples += 1
                 stats.correct += int(correct)
                 stats.tokens += completion.num_tokens
@@ -100,6 +102,7 @@ def sample_records(records: Iterable[dict], backend: Backend, params: SamplingPa
                     "completion": completion.text,
                     "steps": split_steps(completion.text),
                     "prediction": prediction,
+                    "prediction_source": source,
                     "correct": correct,
                     "template": template,
                     "generation": {
