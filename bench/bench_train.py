@@ -17,6 +17,7 @@ TRL appends EOS to chosen and rejected (Step-DPO steps must not end in EOS): one
     python bench/bench_train.py                      # ~350 and ~1500 context, dense / packed / TRL
     python bench/bench_train.py --memory             # peak RSS at context 1024 vs 4096, same pairs
     python bench/bench_train.py --varying            # padding share on contexts that vary 4x (no training)
+    python bench/bench_train.py --cases varying      # ... and the contenders trained on it
 """
 from __future__ import annotations
 
@@ -94,7 +95,8 @@ def padding_shares(examples, batch_size: int, max_tokens: int) -> dict[str, floa
     from stepdpo_cli.train.loop import TrainConfig, epoch_batches
 
     config = TrainConfig(model="", data="", output="", batch_size=batch_size, seed=0)
-    fed = {"stepdpo-dense": [0, 0], "stepdpo-packed": [0, 0], "trl-precompute": [0, 0]}
+    fed = {"stepdpo-dense": [0, 0], "stepdpo-packed": [0, 0], "stepdpo-packed-deepspeed": [0, 0],
+           "trl-precompute": [0, 0]}
     plan = packing.Plan("packed", max_tokens)
     for step in epoch_batches(len(examples), 0, config, 1, 0):
         for micro in step:
@@ -102,11 +104,13 @@ def padding_shares(examples, batch_size: int, max_tokens: int) -> dict[str, floa
             real = sum(e.num_tokens for e in batch)
             fed["stepdpo-dense"][0] += len(batch) * max(e.num_tokens for e in batch)
             fed["stepdpo-dense"][1] += real
-            for group in packing.forward_groups(batch, plan):
-                rows = packing.fill_rows(group, max_tokens)
-                longest = max(sum(group[i].num_tokens for i in r) for r in rows)
-                fed["stepdpo-packed"][0] += len(rows) * longest
-                fed["stepdpo-packed"][1] += sum(e.num_tokens for e in group)
+            for name, one_forward in (("stepdpo-packed", False), ("stepdpo-packed-deepspeed", True)):
+                plan.one_forward = one_forward  # DeepSpeed: all rows of a micro-step in one right-padded forward
+                for group in packing.forward_groups(batch, plan):
+                    rows = packing.fill_rows(group, max_tokens)
+                    longest = max(sum(group[i].num_tokens for i in r) for r in rows)
+                    fed[name][0] += len(rows) * longest
+                    fed[name][1] += sum(e.num_tokens for e in group)
             seqs = [len(e.prefix) + len(c) + 1 for e in batch for c in (e.chosen, e.rejected)]
             fed["trl-precompute"][0] += len(seqs) * max(seqs)
             fed["trl-precompute"][1] += sum(seqs)
@@ -272,6 +276,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=4096, help="stepdpo-packed's --max-tokens-per-batch")
     parser.add_argument("--max-length", type=int, default=2048)
     parser.add_argument("--contenders", default=",".join(CONTENDERS))
+    parser.add_argument("--cases", default="short,long", help="short (~350 context), long (~1500), varying (4x)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per contender (runs are sequential)")
     parser.add_argument("--memory", action="store_true", help="only: peak RSS at context 1024 vs 4096")
     parser.add_argument("--memory-pairs", type=int, default=16)
@@ -293,9 +298,13 @@ def main() -> None:
     if args.memory:
         memory_scaling(args)
         return
-    throughput(args, (2, 2), args.pairs, "short context")
-    if args.long_pairs:
-        throughput(args, (16, 16), args.long_pairs, "long context")
+    cases = {"short": ((2, 2), args.pairs, "short context"),
+             "long": ((16, 16), args.long_pairs, "long context"),
+             "varying": ((2, 9), args.pairs, "contexts varying ~4x across pairs")}
+    for case in args.cases.split(","):
+        steps, pairs, label = cases[case]
+        if pairs:
+            throughput(args, steps, pairs, label)
 
 
 if __name__ == "__main__":

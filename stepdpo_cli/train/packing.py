@@ -19,6 +19,7 @@ attention). `plan_for` chooses and says which, once.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,21 +124,21 @@ def reference_chunks(examples: list[Example], batch_size: int, plan: Plan | None
 # ---------------------------------------------------------------------------------------------- rows
 
 def fill_rows(examples: list[Example], max_tokens: int) -> list[list[int]]:
-    """Indices of `examples` per row: first-fit decreasing into rows of <= max_tokens (a longer pair: its own row)."""
-    order = sorted(range(len(examples)), key=lambda i: -examples[i].num_tokens)
-    rows: list[list[int]] = []
-    room: list[int] = []
-    for i in order:
-        n = examples[i].num_tokens
-        for r, left in enumerate(room):
-            if n <= left:
-                rows[r].append(i)
-                room[r] -= n
-                break
-        else:
-            rows.append([i])
-            room.append(max_tokens - n)
-    return rows
+    """Indices of `examples` per row: the fewest rows of <= max_tokens (a longer pair: its own row), filled
+    evenly (longest pair first into the emptiest row), so rows that share a forward pad little."""
+    sizes = [e.num_tokens for e in examples]
+    order = sorted(range(len(examples)), key=lambda i: -sizes[i])
+    count = max(math.ceil(sum(sizes) / max(max_tokens, 1)), 1)
+    while True:
+        rows: list[list[int]] = [[] for _ in range(min(count, len(examples)))]
+        used = [0] * len(rows)
+        for i in order:
+            r = used.index(min(used))
+            rows[r].append(i)
+            used[r] += sizes[i]
+        if count >= len(examples) or all(u <= max_tokens or len(row) == 1 for u, row in zip(used, rows)):
+            return [row for row in rows if row]
+        count += 1
 
 
 def forward_groups(examples: list[Example], plan: Plan) -> list[list[Example]]:
