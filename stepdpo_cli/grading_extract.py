@@ -192,7 +192,7 @@ def _answer_segment(segment: str) -> str:
             if end > len(opener):
                 return segment[len(opener):end]
     number = _LEADING_NUMBER.match(segment)
-    if number:
+    if number and not re.match(r"\s*(?:or|and/or)\b", segment[number.end():], re.I):  # "14 or 16" is a hedge
         return number.group(1)
     # drop a trailing explanation ("..., since ...") and the sentence's full stop
     return re.split(r"\.\s|,\s+(?:since|because|which|so)\b|\s+I hope\b", segment, maxsplit=1)[0]

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from stepdpo_cli.grading import answers_match, extract_answer, grade
+from stepdpo_cli.grading import answers_match, extract, extract_answer, grade, grade_answer
 
 # (completion, expected extracted answer)
 EXTRACTION = [
@@ -45,6 +45,63 @@ EXTRACTION = [
 @pytest.mark.parametrize("completion,expected", EXTRACTION)
 def test_extract_answer(completion, expected):
     assert extract_answer(completion) == expected
+
+
+GSM8K_PROSE = ("Natalia sold 48 clips in April and half as many in May, 24 clips.\n"
+               "Altogether she sold 48 + 24 = 72 clips.\nThe answer is 72.\nShe started with 3 boxes of 16.")
+
+# (completion, answer, prediction_source): one or more cases for every rule, in the order they are tried
+SOURCES = [
+    # 1. explicit markers; the latest wins among the strong ones
+    ("So the answer is $\\boxed{\\frac{3}{4}}$.", "\\frac{3}{4}", "boxed"),
+    ("The result is \\fbox{7}.", "7", "boxed"),
+    ("$$\\boxed{(2, 2)} \\quad \\text{and} \\quad \\boxed{(6, 2)}$$", "(2, 2), (6, 2)", "boxed"),
+    ("\\boxed{1} and \\boxed{2} and \\boxed{3}", "1, 2, 3", "boxed"),
+    ("First \\boxed{3}, but on reflection \\boxed{4}.", "4", "boxed"),  # a correction is not a list
+    ("Final Answer: The final answer is $(0, 1)$. I hope it is correct.", "(0, 1)", "final_answer"),
+    ("Final Answer: The largest $n$ is 34.", "34", "final_answer"),
+    ("48/2 = 24 clips.\n#### 72", "72", "hashes"),
+    (GSM8K_PROSE, "72", "answer_is"),  # the last number (16) is not the answer; the "answer is" line is
+    ("Work shown above.\nAnswer: 42\n", "42", "answer_is"),
+    # 2. the last math span of the final statement (no marker at all)
+    ("Therefore $x \\geq 5$ is the solution.", "x \\geq 5", "math_span"),
+    ("The identity matrix is $ \\begin{pmatrix}1 & 0 \\\\ 0 & 1\\end{pmatrix} $.",
+     "\\begin{pmatrix}1 & 0 \\\\ 0 & 1\\end{pmatrix}", "math_span"),
+    ("We find that \\( x \\neq 3 \\).", "x \\neq 3", "math_span"),
+    ("Hence \\[ \\frac{10}{9} \\]", "\\frac{10}{9}", "math_span"),
+    ("The roots are $1$ and $-2$.", "1, -2", "math_span"),
+    ("We get $d = 90/n$ for each divisor. So there are 12 sequences.", "12", "last_number"),  # prose after it
+    # 3. a completion that is itself a bare answer, taken whole
+    ("\\frac{10}{9}", "\\frac{10}{9}", "bare"),
+    ("(2x - 1)(2x + 1)(2x + 3)", "(2x - 1)(2x + 1)(2x + 3)", "bare"),
+    ("\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}", "\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}", "bare"),
+    ("08:34 \\text{P.M.}", "08:34 P.M", "bare"),  # a final stop is dropped; the clock reads it the same
+    ("AZYUK2A", "AZYUK2A", "bare"),  # not a number, so never the number 2
+    # 4. the last number of GSM8K-style prose
+    ("She has 3 apples and buys 4 more, so 7 in total.", "7", "last_number"),
+    ("Soucis : 2,74 $ a..", "2.74", "last_number"),  # a decimal comma
+    ("The probability is 2/3. <|im_start|>user", "2/3", "last_number"),
+    # none: LaTeX whose math cannot be read, prose without numbers, an over-long box
+    ("Answer $ \n 9 \n $", None, None),
+    ("I don't know.", None, None),
+    ("\\boxed{" + "{" * 50_000 + "1" + "}" * 50_000 + "}", None, "oversized"),
+    ("\\boxed{\\begin{pmatrix}" + "1&" * 2999 + "1\\end{pmatrix}}", None, "oversized"),
+]
+
+
+@pytest.mark.parametrize("completion,answer,source", SOURCES)
+def test_extraction_rules_and_their_source(completion, answer, source):
+    assert extract(completion) == (answer, source)
+
+
+def test_every_rule_is_exercised():
+    assert {source for *_, source in SOURCES} - {None} == {"boxed", "final_answer", "hashes", "answer_is", "math_span",
+                                                            "bare", "last_number", "oversized"}
+
+
+def test_grade_answer_reports_the_source():
+    assert grade_answer(GSM8K_PROSE, "72") == ("72", "answer_is", True)
+    assert grade_answer("Therefore $x \\geq 5$ is the solution.", "x >= 5") == ("x \\geq 5", "math_span", True)
 
 
 # (prediction, reference, correct): fast-path and symbolic cases, both outcomes
@@ -162,6 +219,12 @@ def hostile_strings(marker_dir: str) -> list[str]:
         "10^10^10^10", "\\boxed{10^{10^{10^{10}}}}", "(10^10)^(10^10)", "9^9^9", "2^{99999999}", "99999!",
         "{" * 10000 + "1" + "}" * 10000, "\\boxed{" + "{" * 10000 + "1" + "}" * 10000 + "}",
         "(" * 400 + "x" + ")" * 400, "7" * 1_000_000, "x " * 500_000, "\\boxed{" * 100_000, "The answer is " * 80_000,
+        f"#### {code} or 5", f"The answer is {code} or 5", f"\\boxed{{{code} or 5}}", f"$ {code} or 5 $",
+        "print(5)", "`5`", "'5'", "5 or 6", "#### 5 or 6", "The answer is 5 or 6.", "\\boxed{5 \\text{ or } 6}",
+        # over-long or over-deep boxes around the right answer are not answers (no "last number inside")
+        "\\boxed{" + "{" * 50_000 + "5" + "}" * 50_000 + "}",
+        "\\boxed{\\begin{pmatrix}" + "5&" * 2999 + "5\\end{pmatrix}}",
+        "The answer is \\boxed{" + "{" * 30 + "5" + "}" * 30 + "}",
     ]
 
 
@@ -171,6 +234,13 @@ def _check_hostile(marker_dir: str) -> list[bool]:
         results.append(answers_match(text, "5", timeout=3.0))
         results.append(grade(text, "5", timeout=3.0)[1])
     return results
+
+
+def test_code_is_never_an_answer(tmp_path):
+    """The issue's probe: nothing runs, and the verdict is wrong too (a parser could fish out the 18)."""
+    assert grade("#### __import__('os').system('touch pwned') or 18", "18") == (
+        "__import__('os').system('touch pwned') or 18", False)
+    assert grade("#### 18", "18")[1] and grade("#### 14 or 16", "16")[1] is False
 
 
 def test_hostile_main_thread(tmp_path):
