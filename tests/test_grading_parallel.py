@@ -2,6 +2,7 @@
 its own timeout while the other records are graded, and records read before bad input are not lost."""
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -68,3 +69,20 @@ def test_grade_many_matches_one_at_a_time():
     assert grade_many(items, threads=3) == grade_many(items, threads=1)
     assert [correct for _, _, correct in grade_many(items)] == [True, False, True, True]
     assert list(map_in_order(lambda x: x * x, range(50), threads=5)) == [(x, x * x) for x in range(50)]
+
+
+def test_stepdpo_grade_an_over_long_box_is_not_an_answer():
+    """Issue 11 row 8: the right answer buried in a 3000-entry matrix or 50k nested braces is not graded correct
+    (before, the last number inside the box was taken)."""
+    from conftest import run_cli
+
+    rows = [{"id": "matrix", "completion": "\\boxed{\\begin{pmatrix}" + "1&" * 2999 + "1\\end{pmatrix}}", "answer": "1"},
+            {"id": "nested", "completion": "\\boxed{" + "{" * 50_000 + "1" + "}" * 50_000 + "}", "answer": "1"},
+            {"id": "code", "completion": "#### __import__('os').system('true') or 18", "answer": "18"},
+            {"id": "fine", "completion": "so $\\boxed{1}$", "answer": "1"}]
+    result = run_cli("grade", input="".join(json.dumps(r) + "\n" for r in rows))
+    assert result.returncode == 0, result.stderr.decode()
+    out = [json.loads(line) for line in result.stdout.decode().splitlines()]
+    assert [(r["id"], r["correct"], r["prediction_source"]) for r in out] == [
+        ("matrix", False, "oversized"), ("nested", False, "oversized"), ("code", False, "hashes"),
+        ("fine", True, "boxed")]
