@@ -1,9 +1,12 @@
-"""Grading throughput: answers/s for a GSM8K-like and a MATH-like mix, measured in one run.
+"""Grading throughput: answers/s on one core for typical answers, a GSM8K-like and a MATH-like mix.
 
 Each mix is a seeded list of (completion, reference) pairs shaped like model samples: about half correct,
 written the ways models write answers (separators, currency, units, \\dfrac, \\left, boxed, "The answer is").
 Items are distinct (random values) so the result cache does not flatter the numbers; the symbolic worker is
-started before timing and its start-up is reported separately. Usage: python bench/bench_grading.py [--n 2000]
+started before timing and its start-up is reported separately. Every answer is graded in the calling thread,
+so the rates are per core (the symbolic worker is a second process, reached only by the sympy-only mix);
+`--parallel` adds the rate of `grade_many` across records. The slowest single answer is reported against
+the per-comparison timeout. Usage: python bench/bench_grading.py [--n 2000] [--parallel]
 """
 from __future__ import annotations
 
@@ -12,8 +15,23 @@ import os
 import random
 import time
 
-from stepdpo_cli import grading_worker
+from stepdpo_cli import grading, grading_worker
 from stepdpo_cli.grading import answers_match, grade
+
+TIMEOUT = 5.0
+
+
+def boxed_mix(n: int, rng: random.Random) -> list[tuple[str, str, bool]]:
+    """The typical case: a boxed integer or fraction, half of them right."""
+    items = []
+    for _ in range(n):
+        a, b = rng.randint(1, 999), rng.randint(2, 99)
+        ref, right, wrong = rng.choice([(str(a), str(a), str(a + 1)),
+                                        (f"\\frac{{{a}}}{{{b}}}", f"\\dfrac{{{a}}}{{{b}}}", f"\\frac{{{a + 1}}}{{{b}}}")])
+        is_right = rng.random() < 0.5
+        items.append((f"Step 1: We simplify.\nStep 2: So the answer is $\\boxed{{{right if is_right else wrong}}}$.",
+                      ref, is_right))
+    return items
 
 
 def gsm8k_mix(n: int, rng: random.Random) -> list[tuple[str, str, bool]]:
@@ -78,34 +96,47 @@ def symbolic_mix(n: int, rng: random.Random) -> list[tuple[str, str, bool]]:
     return items
 
 
-def measure(items: list[tuple[str, str, bool]]) -> tuple[float, float, int, int]:
-    """(answers/s, seconds, verdicts agreeing with the intended label, comparisons that reached sympy)."""
+def measure(items: list[tuple[str, str, bool]]) -> tuple[float, float, int, int, float]:
+    """(answers/s, seconds, verdicts agreeing with the intended label, comparisons that reached sympy,
+    slowest single answer in seconds)."""
     before = grading_worker.symbolic_calls
+    verdicts, slowest = [], 0.0
     start = time.perf_counter()
-    verdicts = [grade(text, ref)[1] for text, ref, _ in items]
+    for text, ref, _ in items:
+        began = time.perf_counter()
+        verdicts.append(grade(text, ref, timeout=TIMEOUT)[1])
+        slowest = max(slowest, time.perf_counter() - began)
     seconds = time.perf_counter() - start
     agree = sum(v == label for v, (_, _, label) in zip(verdicts, items))
-    return len(items) / seconds, seconds, agree, grading_worker.symbolic_calls - before
+    return len(items) / seconds, seconds, agree, grading_worker.symbolic_calls - before, slowest
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--parallel", action="store_true", help="also time grade_many across records")
     args = parser.parse_args()
     start = time.perf_counter()
     assert answers_match("\\sin^2 x + \\cos^2 x", "1")  # starts the symbolic worker outside the timed runs
     print(f"symbolic worker start + first comparison: {time.perf_counter() - start:.2f}s")
     rows = []
-    for name, build, n in (("gsm8k-like", gsm8k_mix, args.n), ("math-like", math_mix, args.n),
-                           ("sympy-only", symbolic_mix, max(20, args.n // 20))):
+    for name, build, n in (("boxed-typical", boxed_mix, args.n), ("gsm8k-like", gsm8k_mix, args.n),
+                           ("math-like", math_mix, args.n), ("sympy-only", symbolic_mix, max(20, args.n // 20))):
         items = build(n, random.Random(args.seed))
-        rate, seconds, agree, symbolic = measure(items)
+        rate, seconds, agree, symbolic, slowest = measure(items)
         rows.append((name, rate))
-        print(f"{name:11s} {len(items)} answers in {seconds:.2f}s: {rate:,.0f} answers/s "
-              f"({agree}/{len(items)} verdicts match the intended label, {symbolic} reached the symbolic worker)")
-    print(f"math-like / gsm8k-like throughput ratio: {rows[1][1] / rows[0][1]:.3f}; "
-          f"sympy-only / math-like: {rows[2][1] / rows[1][1]:.3f}")
+        print(f"{name:13s} {len(items)} answers in {seconds:.2f}s: {rate:,.0f} answers/s per core "
+              f"({agree}/{len(items)} verdicts match the intended label, {symbolic} reached the symbolic worker; "
+              f"slowest answer {slowest * 1000:.0f} ms, timeout {TIMEOUT:.0f} s)")
+        if args.parallel and hasattr(grading, "grade_many"):
+            fresh = build(n, random.Random(args.seed + 1))  # new values: no cache hits from the run above
+            start = time.perf_counter()
+            grading.grade_many([(text, ref) for text, ref, _ in fresh], timeout=TIMEOUT)
+            print(f"{'':13s} grade_many across records: {len(fresh) / (time.perf_counter() - start):,.0f} answers/s "
+                  f"({grading.grade_threads()} threads)")
+    print(f"math-like / gsm8k-like throughput ratio: {rows[2][1] / rows[1][1]:.3f}; "
+          f"sympy-only / math-like: {rows[3][1] / rows[2][1]:.3f}")
     print(f"load average at end: {os.getloadavg()[0]:.2f} (2 cores shared)")
 
 

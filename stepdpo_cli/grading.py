@@ -324,11 +324,14 @@ def _pairs(prediction: str, reference: str) -> list[tuple[str, str]]:
         ref_bare = _without_labels(ref_norm) if "=" in ref_norm else ref_norm
         if pred_bare is not None and ref_bare is not None:
             pairs.append((pred_bare, ref_bare))
-    pred_eqs, ref_eqs = _equations(pred_norm), _equations(ref_norm)
+    pred_eqs, ref_eqs = (_equations(pred_norm), _equations(ref_norm)) if "=" in pred_norm and "=" in ref_norm \
+        else (None, None)
     if pred_eqs and ref_eqs and [lhs for lhs, _ in pred_eqs] == [lhs for lhs, _ in ref_eqs]:
         # same left sides: the right sides decide ("a+b = 0.5" vs "a+b = \frac12"), row by row in a system
         pairs.append((f"({', '.join(rhs for _, rhs in pred_eqs)})", f"({', '.join(rhs for _, rhs in ref_eqs)})"))
     pairs.append((pred_norm, ref_norm))
+    if "matrix}" not in pred_norm and "matrix}" not in ref_norm:
+        return pairs
     pred_vector, ref_vector = _vector(pred_norm), _vector(ref_norm)
     if (pred_vector is None) != (ref_vector is None):  # a column or row vector written as a tuple
         pred_list, ref_list = pred_vector or _bracket_list(pred_norm), ref_vector or _bracket_list(ref_norm)

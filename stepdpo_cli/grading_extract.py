@@ -82,6 +82,10 @@ def _clean(answer: str) -> str:
     return strip_wrappers(answer)
 
 
+_WHOLE_BOX = re.compile(r"\\(?:boxed|fbox)\s*\{(.*)\}", re.S)
+_FINAL_STOP = re.compile(r"(?<![.\\])[.,;]$")
+
+
 def strip_wrappers(answer: str) -> str:
     """Remove delimiters a completion puts around its answer ($..$, \\(..\\), \\boxed{}) and a final period."""
     answer = answer.strip()
@@ -92,10 +96,10 @@ def strip_wrappers(answer: str) -> str:
         for opener, closer in (("\\(", "\\)"), ("\\[", "\\]")):
             if answer.startswith(opener) and answer.endswith(closer):
                 answer = answer[2:-2].strip()
-        boxed = re.fullmatch(r"\\(?:boxed|fbox)\s*\{(.*)\}", answer, re.S)
+        boxed = _WHOLE_BOX.fullmatch(answer) if answer.startswith("\\") else None
         if boxed and _balanced(boxed.group(1)):
             answer = boxed.group(1).strip()
-        answer = re.sub(r"(?<![.\\])[.,;]$", "", answer).strip()  # a sentence's stop, never an ellipsis
+        answer = _FINAL_STOP.sub("", answer).strip()  # a sentence's stop, never an ellipsis
         if answer == before:
             break
     return answer
