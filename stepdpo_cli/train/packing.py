@@ -354,7 +354,9 @@ def _block_mask(layout: Layout, window: int | None):
             allowed = allowed & (pos[b, q] - pos[b, k] < window)
         return allowed | ((doc[b, q] < 0) & (q == k))  # padding queries see themselves: no empty rows
 
-    return create_block_mask(mask_mod, layout.rows, None, layout.length, layout.length, device=layout.device)
+    # compiled on CUDA (as transformers builds its own block masks): no (rows, N, N) intermediate
+    return create_block_mask(mask_mod, layout.rows, None, layout.length, layout.length, device=layout.device,
+                             _compile=layout.device.type == "cuda")
 
 
 _compiled_flex = None
@@ -416,7 +418,7 @@ def _packed_attention(original: str):
                                                                 sliding_window=sliding_window, **kwargs)
         dropout = dropout if module.training else 0.0
         gqa = query.shape[1] != key.shape[1]
-        if layout.attention == "flex":
+        if layout.attention == "flex" and not dropout:  # FlexAttention has no dropout: per-pair SDPA then
             out = _flex(query, key, value, layout.block_mask(sliding_window), scaling, gqa)
         else:
             out = _segment_attention(layout, query, key, value, scaling, dropout, sliding_window, gqa)
