@@ -425,7 +425,8 @@ def test_the_readme_pipeline_runs_as_written_with_a_local_judge(tiny_model, tmp_
 
     proc = sh(pipeline)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
-    assert "localize (judge): records=16" in proc.stderr.decode()
+    kept = int(proc.stderr.decode().split(" kept=", 1)[1].split()[0])
+    assert f"localize (judge): records={kept} " in proc.stderr.decode() and f"pair: records={kept} " in proc.stderr.decode()
     if not (tmp_path / "pairs.jsonl").read_text().strip():
         (tmp_path / "pairs.jsonl").write_text(jsonl(*[
             {"id": f"p{i}/s0/c0", "prompt": f"{i} + 1 = ?", "initial_reason_steps": "Step 1:",

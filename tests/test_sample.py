@@ -112,7 +112,8 @@ def test_sigint_keeps_finished_records_and_resume_completes(tiny_model, tmp_path
     proc = subprocess.Popen([sys.executable, "-m", "stepdpo_cli", *args], cwd=ROOT, env={**os.environ, **ENV},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=default_sigint)
     deadline = time.time() + 240
-    while time.time() < deadline and (not out.exists() or out.stat().st_size == 0) and proc.poll() is None:
+    written = tmp_path / "samples.jsonl.partial"  # where a run writes until it ends or is interrupted
+    while time.time() < deadline and (not written.exists() or written.stat().st_size == 0) and proc.poll() is None:
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
