@@ -199,3 +199,15 @@ def test_train_with_max_tokens_per_batch(tiny_model, tmp_path, extra):
         for key in ("loss", "reward_accuracy", "chosen_logp", "rejected_logp", "grad_norm"):
             if key in d and not (key == "reward_accuracy" and d["step"] == 1):  # step 1: rewards are float noise
                 assert p[key] == pytest.approx(d[key], abs=1e-4, rel=1e-4), key
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_two_process_packed_trains_like_unpacked(tiny_model, tmp_path):
+    """Two processes: each rank packs its micro-batch into one forward (equal forward counts across ranks)."""
+    from test_train_loop import _multi_process
+
+    dense = _multi_process(tiny_model, tmp_path / "dense")
+    packed = _multi_process(tiny_model, tmp_path / "packed", "--max-tokens-per-batch", "64")
+    for a, b in zip(dense, packed):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-5)

@@ -43,7 +43,9 @@ class Plan:
     max_tokens: int = 0
     attention: str = ""  # packed: "flex" or "sdpa-segments"
     window: int | None = None  # the model's sliding window, if any layer has one
-    one_forward: bool = False  # DeepSpeed counts backward calls: all of a micro-step's rows in one forward
+    # all of a micro-step's rows in one (right-padded) forward: DeepSpeed counts backward calls, and processes
+    # must run the same number of forwards (DDP syncs buffers in each; ZeRO-3 gathers weights)
+    one_forward: bool = False
     say: bool = True  # this process logs (the main one)
     said: set = field(default_factory=set)
 
@@ -77,6 +79,8 @@ def plan_for(model: Any, max_tokens: int, device: Any, *, deepspeed: bool = Fals
     """Choose the layout and attention for `model` (unwrapped) and, if `say`, log the choice once on stderr."""
     window = sliding_window(model.config)
     why_not = packing_supported(model)
+    dist = torch.distributed
+    deepspeed = deepspeed or (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1)
     emit = log.log if say else (lambda message: None)
     if max_tokens <= 0:
         mode = "separate" if why_not else "dense"
@@ -115,7 +119,7 @@ def uses_rows(plan: Plan | None, examples: list[Example]) -> bool:
 
 def reference_chunks(examples: list[Example], batch_size: int, plan: Plan | None) -> list[list[Example]]:
     """Forwards of the reference pass: packed rows of <= max_tokens (one per forward), else batch_size pairs
-    (every rank the same count: ZeRO-3 needs equal forwards, so DeepSpeed keeps batch_size groups)."""
+    (several processes: every rank the same count of forwards, see Plan.one_forward)."""
     if plan is not None and plan.mode == "packed" and not plan.one_forward:
         return [[examples[i] for i in row] for row in fill_rows(examples, plan.max_tokens)]
     return [examples[i:i + batch_size] for i in range(0, len(examples), batch_size)]
