@@ -15,8 +15,9 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
-from .grading_extract import MAX_ANSWER_CHARS, SOURCES, _balanced, extract, extract_answer, strip_wrappers
-from .grading_numeric import numeric_verdict, shown_places_agree
+from .grading_extract import (MAX_ANSWER_CHARS, SOURCES, SPACING, TEX_THOUSANDS, TEXT_CMD, balanced, extract,
+                              extract_answer, strip_wrappers)
+from .grading_numeric import numeric_verdict, shown_places_agree, split_top
 from .grading_worker import MAX_SYMBOLIC_CHARS, symbolic_match
 
 __all__ = ["MAX_ANSWER_CHARS", "SOURCES", "answers_match", "extract", "extract_answer", "grade", "grade_answer",
@@ -24,16 +25,12 @@ __all__ = ["MAX_ANSWER_CHARS", "SOURCES", "answers_match", "extract", "extract_a
 
 # ---------------------------------------------------------------------------------------------- normalisation
 
-_TEXT_CMD = re.compile(r"\\(?:text|textbf|textrm|textit|textnormal|textup|textsf|texttt|mathrm|mathbf|mathit|"
-                       r"mathsf|mathtt|mbox|operatorname)\s*\{([^{}]*)\}")
 _TRAILING_TEXT = re.compile(r"^(.*?\S)\s*\\(?:text|textrm|textnormal|textup|textbf|mbox|mathrm)\s*\{\s*[A-Za-z][A-Za-z .]*\}"
                             r"(?:\^\{?[23]\}?)?$")
 _NOT_UNITS = r"(?!(?:sin|cos|tan|sec|csc|cot|log|ln|exp|sqrt|pi|or|and)\b)"
 _UNIT_WORDS = re.compile(r"^(-?[\d.,]+%?|-?\d+/\d+|-?\\frac\{[^{}]*\}\{[^{}]*\})(?:\s+" + _NOT_UNITS + r"[A-Za-z]{2,}|"
                          + _NOT_UNITS + r"[A-Za-z]{3,})[A-Za-z.]*(?:\s+[A-Za-z][A-Za-z.]*){0,3}(?:\^\{?[23]\}?|²|³)?$")
-_TEX_THOUSANDS = re.compile(r"(?<=\d),\\!\s*(?=\d)|(?<=\d)\{,\}(?=\d)")  # 10,\!000 and 14{,}916 are one number
 _SPACE_THOUSANDS = re.compile(r"-?\d{1,3}(?: \d{3})+(?:\.\d+)?")  # "1 000"
-_SPACING = re.compile(r"\\(?:left|right|big|Big|bigg|Bigg|displaystyle)(?![A-Za-z])|(?<!\\)\\[!,;: ]|\\q?quad(?![A-Za-z])")
 _PERCENT_WORD = re.compile(r"(?<=\d)\s*(?:percent(?:age)?|pct)\.?$", re.I)
 _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\circ(?![A-Za-z])|°|\\degree(?![A-Za-z])|\s*degrees?$")
 _CHOICE = re.compile(r"^\(\s*([A-Ea-e])\s*\)$")
@@ -68,7 +65,7 @@ def _normalize(answer: str) -> str:
     s = re.sub(r"\\[dtc]frac(?![A-Za-z])", r"\\frac", s)
     s = s.replace("\\begin{matrix}", "\\begin{pmatrix}").replace("\\end{matrix}", "\\end{pmatrix}")
     s = strip_wrappers(s)
-    s = _SPACING.sub(" ", _TEX_THOUSANDS.sub("", s)).strip()
+    s = SPACING.sub(" ", TEX_THOUSANDS.sub("", s)).strip()
     if _TRIG.search(s):  # \sin(90^\circ - x): degrees inside a trigonometric function are radians * pi/180
         s = _DEGREE_ANGLE.sub(r"(\1\\pi/180)", s)
     s = _DEGREES.sub("", s)
@@ -76,7 +73,7 @@ def _normalize(answer: str) -> str:
     if trailing:
         s = trailing.group(1)
     for _ in range(3):
-        s = _TEXT_CMD.sub(r"\1", s)
+        s = TEXT_CMD.sub(r"\1", s)
     s = s.replace("\\%", "%").replace("\\$", "").replace("€", "").strip()
     s = re.sub(r"\s*%$", "%", s)
     if s.startswith("$") and not s.endswith("$"):
@@ -100,7 +97,7 @@ def _normalize(answer: str) -> str:
     clock = _clock(s)
     if clock:
         s = clock
-    if s.startswith("{") and s.endswith("}") and "," in s and _balanced(s[1:-1]):
+    if s.startswith("{") and s.endswith("}") and "," in s and balanced(s[1:-1]):
         s = s[1:-1]  # "{1, 2, 3}": a set written with bare braces
     choice = _CHOICE.match(s)
     if choice:
@@ -127,21 +124,6 @@ def _key(answer: str) -> str:
 _RELATION = re.compile(r"\\(?:le|ge|leq|geq|neq|ne|lt|gt|in|approx)(?![A-Za-z])|[<>]|!=")
 
 
-def _split_top(text: str, separators: str = ",;") -> list[str]:
-    """Split at separators outside any brackets."""
-    parts, depth, start = [], 0, 0
-    for i, ch in enumerate(text):
-        if ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-        elif ch in separators and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
-    parts.append(text[start:])
-    return parts
-
-
 _FUNCTION = re.compile(r"\\(?:sin|cos|tan|cot|sec|csc|arc\w+|sinh|cosh|tanh|log|ln|exp|sqrt|sum|prod|int|lim)(?![A-Za-z])")
 
 
@@ -158,9 +140,9 @@ def _without_labels(answer: str) -> str | None:
     if "=" not in answer or _RELATION.search(answer.replace("\\approx", "")):
         return None
     groups = []
-    for group in _split_top(answer, ";"):
+    for group in split_top(answer, ";"):
         values = []
-        for part in _split_top(group, ","):
+        for part in split_top(group, ","):
             chain = part.split("=")
             if len(chain) > 1:
                 if not _is_label(chain[-2]) or not chain[-1].strip():
@@ -270,14 +252,14 @@ _NOT_MATH = re.compile(r"['\"`]|__|\bimport\b|\blambda\b|\bor\b|\?")
 
 def _is_math(answer: str) -> bool:
     """False for code and prose: quotes, dunders, "or" (a hedge: "14 or 16"), two or more words outside \\text{}."""
-    text = _ENVIRONMENT.sub(" ", _TEXT_CMD.sub(" ", answer))
+    text = _ENVIRONMENT.sub(" ", TEXT_CMD.sub(" ", answer))
     return not _NOT_MATH.search(text) and len(re.findall(r"(?<![\\A-Za-z])[A-Za-z]{2,}(?![A-Za-z])", text)) < 2
 
 
 def _is_ordered(ref_key: str) -> bool:
     """A bare list of numbers written out of numeric order is a sequence (order matters); a sorted one may be
     the set of solutions ("-2, 1"), so any order of it is accepted."""
-    parts = _split_top(ref_key, ",")
+    parts = split_top(ref_key, ",")
     if len(parts) < 2 or ref_key[:1] in "([{\\":
         return False
     values = [_number(part) for part in parts]
@@ -368,7 +350,7 @@ def _vector(answer: str) -> list[str] | None:
 
 def _bracket_list(answer: str) -> list[str] | None:
     if len(answer) > 2 and answer[0] in "([" and answer[-1] in ")]":
-        parts = _split_top(answer[1:-1], ",")
+        parts = split_top(answer[1:-1], ",")
         return [p.strip() for p in parts] if len(parts) > 1 else None
     return None
 

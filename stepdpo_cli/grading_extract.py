@@ -44,10 +44,10 @@ _LATEX_MATH = re.compile(r"\\[(\[]|\$\$|\\(?:frac|dfrac|sqrt|begin|boxed|cdot|pi
 _NOT_CURRENCY = re.compile(r"(?<!\\)\$(?!\s*\d)")
 _JOIN_WORDS = re.compile(r"^(?:[A-Za-z()]{1,12}\s+){0,4}and$|^and$|^or$")
 _NOT_A_LIST = re.compile(r"\b(?:but|not|no|instead|actually|wait|correct(?:ed|ion)?|reflection|rather|than)\b", re.I)
-_TEXT_CMD = re.compile(r"\\(?:text|textbf|textrm|textit|textnormal|textup|textsf|texttt|mathrm|mathbf|mathit|"
+TEXT_CMD = re.compile(r"\\(?:text|textbf|textrm|textit|textnormal|textup|textsf|texttt|mathrm|mathbf|mathit|"
                        r"mathsf|mathtt|mbox|operatorname)\s*\{([^{}]*)\}")
-_SPACING = re.compile(r"\\(?:left|right|big|Big|bigg|Bigg|displaystyle)(?![A-Za-z])|(?<!\\)\\[!,;: ]|\\q?quad(?![A-Za-z])")
-_TEX_THOUSANDS = re.compile(r"(?<=\d),\\!\s*(?=\d)|(?<=\d)\{,\}(?=\d)")  # MATH writes 10,\!000 and 14{,}916
+SPACING = re.compile(r"\\(?:left|right|big|Big|bigg|Bigg|displaystyle)(?![A-Za-z])|(?<!\\)\\[!,;: ]|\\q?quad(?![A-Za-z])")
+TEX_THOUSANDS = re.compile(r"(?<=\d),\\!\s*(?=\d)|(?<=\d)\{,\}(?=\d)")  # MATH writes 10,\!000 and 14{,}916
 
 
 def extract(text: str, *, reference: bool = False) -> tuple[str | None, str | None]:
@@ -75,10 +75,10 @@ def extract_answer(text: str) -> str | None:
 
 
 def _clean(answer: str) -> str:
-    answer = _SPACING.sub(" ", _TEX_THOUSANDS.sub("", answer))
+    answer = SPACING.sub(" ", TEX_THOUSANDS.sub("", answer))
     answer = re.sub(r"[ \t]{2,}", " ", answer)
     for _ in range(3):  # \text{(C)} -> (C), \text{ cm} -> cm; nested wrappers peel one level per pass
-        answer = _TEXT_CMD.sub(r"\1", answer)
+        answer = TEXT_CMD.sub(r"\1", answer)
     return strip_wrappers(answer)
 
 
@@ -97,7 +97,7 @@ def strip_wrappers(answer: str) -> str:
             if answer.startswith(opener) and answer.endswith(closer):
                 answer = answer[2:-2].strip()
         boxed = _WHOLE_BOX.fullmatch(answer) if answer.startswith("\\") else None
-        if boxed and _balanced(boxed.group(1)):
+        if boxed and balanced(boxed.group(1)):
             answer = boxed.group(1).strip()
         answer = _FINAL_STOP.sub("", answer).strip()  # a sentence's stop, never an ellipsis
         if answer == before:
@@ -105,7 +105,7 @@ def strip_wrappers(answer: str) -> str:
     return answer
 
 
-def _balanced(text: str) -> bool:
+def balanced(text: str) -> bool:
     depth = 0
     for token in _BRACE_TOKEN.finditer(text):
         depth += 1 if token.group() == "{" else -1 if token.group() == "}" else 0
@@ -155,7 +155,7 @@ def _glue_joins(glue: str, allow_or: bool) -> bool:
     """True if the text between two answers makes them one list: ",", "and", \\quad, "for part (a) and"."""
     if len(glue) > 60 or _NOT_A_LIST.search(glue):
         return False
-    words = _TEXT_CMD.sub(r" \1 ", glue)
+    words = TEXT_CMD.sub(r" \1 ", glue)
     words = re.sub(r"\\q?quad|\\[,;! ]|\\[()\[\]]|\$|[,;.]", " ", words)
     words = re.sub(r"[A-Za-z](?:_\{?\w+\}?)?\s*=\s*$", "", words.strip()).strip()  # "and y_2 = \boxed{..}"
     if not re.search(r"[A-Za-z0-9]", words):  # nothing but punctuation between them

@@ -205,15 +205,15 @@ def _same(a: list[float], b: list[float], tol: float) -> bool | None:
     return False if False in verdicts else None if None in verdicts else True
 
 
-def _split_top(text: str) -> list[str]:
-    """Split at commas outside any brackets."""
+def split_top(text: str, separators: str = ",") -> list[str]:
+    """Split at the separators that are outside any brackets."""
     parts, depth, start = [], 0, 0
     for i, ch in enumerate(text):
         if ch in "([{":
             depth += 1
         elif ch in ")]}":
             depth -= 1
-        elif ch == "," and depth == 0:
+        elif ch in separators and depth == 0:
             parts.append(text[start:i])
             start = i + 1
     parts.append(text[start:])
@@ -236,12 +236,12 @@ def _closes_at_end(text: str) -> bool:
 def _structure(key: str) -> tuple[str, list[str]]:
     """("set"|"(]"-style brackets|"list"|"scalar", elements) of a spaceless answer key."""
     if key.startswith("\\{") and key.endswith("\\}"):
-        return "set", _split_top(key[2:-2])
+        return "set", split_top(key[2:-2])
     if len(key) > 2 and key[0] in "([" and key[-1] in ")]" and _closes_at_end(key.replace("\\{", "{")):
-        inner = _split_top(key[1:-1])
+        inner = split_top(key[1:-1])
         if len(inner) > 1:
             return key[0] + key[-1], inner
-    parts = _split_top(key)
+    parts = split_top(key)
     return ("list", parts) if len(parts) > 1 else ("scalar", parts)
 
 
