@@ -145,22 +145,26 @@ def changed_fraction(before_dir: str, after_dir: str) -> float:
 INITIAL_LOGPS: dict = {}
 
 
-def pair_logps(path: str, rounded_to: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log-probs of chosen and rejected for every pair, computed in fp32 from weights stored in
-    `rounded_to` (a bf16 checkpoint's values are exact in fp32)."""
+def packed_sums(model, chunk: list, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen, rejected) summed log-probs of `chunk` from one shared-prefix forward (train's own packing)."""
     from stepdpo_cli.train.data import pack, token_logps
     from stepdpo_cli.train.losses import segment_sums
 
+    batch = pack(chunk, tokenizer.pad_token_id, dtype)
+    inputs = {k: (v.to(DEVICE) if torch.is_tensor(v) else v) for k, v in batch.model_inputs().items()}
+    for name in ("source_index", "target_ids", "segment"):
+        setattr(batch, name, getattr(batch, name).to(DEVICE))
+    return segment_sums(token_logps(model(**inputs).logits, batch), batch.segment)
+
+
+def pair_logps(path: str, rounded_to: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probs of chosen and rejected for every pair, computed in fp32 from weights stored in
+    `rounded_to` (a bf16 checkpoint's values are exact in fp32)."""
     model = AutoModelForCausalLM.from_pretrained(path, dtype=rounded_to).float().to(DEVICE).eval()
     chosen, rejected = [], []
     with torch.no_grad():
         for i in range(0, len(examples), 8):
-            chunk = examples[i:i + 8]
-            batch = pack(chunk, tokenizer.pad_token_id)
-            inputs = {k: (v.to(DEVICE) if torch.is_tensor(v) else v) for k, v in batch.model_inputs().items()}
-            for name in ("source_index", "target_ids", "segment"):
-                setattr(batch, name, getattr(batch, name).to(DEVICE))
-            pc, pr = segment_sums(token_logps(model(**inputs).logits, batch), batch.segment)
+            pc, pr = packed_sums(model, examples[i:i + 8])
             chosen.append(pc.cpu())
             rejected.append(pr.cpu())
     del model
@@ -249,18 +253,11 @@ section(f"1. {'bf16' if CUDA else 'fp32'} Step-DPO, {STEPS} steps, batch {BATCH}
 TRAIN = {r["name"]: r for r in rows if "error" not in r}
 
 # ------------------------------------------------------------------------------------------ 2. packed vs separate
-from stepdpo_cli.train.data import pack, token_logps  # noqa: E402
-from stepdpo_cli.train.losses import segment_sums  # noqa: E402
-
 dtype = torch.bfloat16 if CUDA else torch.float32
 model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa").to(DEVICE).eval()
 sample = examples[:8]
 with torch.no_grad():
-    batch = pack(sample, tokenizer.pad_token_id, dtype)
-    inputs = {k: (v.to(DEVICE) if torch.is_tensor(v) else v) for k, v in batch.model_inputs().items()}
-    for name in ("source_index", "target_ids", "segment"):
-        setattr(batch, name, getattr(batch, name).to(DEVICE))
-    packed_c, packed_r = segment_sums(token_logps(model(**inputs).logits, batch), batch.segment)
+    packed_c, packed_r = packed_sums(model, sample, dtype)
     separate = []
     for e in sample:
         sums = []

@@ -166,6 +166,8 @@ class _KVLayer(CacheLayerMixin):
     def get_max_length(self) -> int:
         return -1
 
+    get_max_cache_shape = get_max_length  # its name (abstract) before transformers 5.16
+
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         pass
 
@@ -251,7 +253,7 @@ class HFBackend:
             _register_shared_attention()
             self.lm.config._attn_implementation = _SHARED_ATTENTION
         self.context_length = _context_length(text_config)
-        # transformers >= 5.2x names the cache argument `cache` (past_key_values warns, removed in 5.40).
+        # transformers 5.24 names the cache argument `cache` (past_key_values warns, removed in 5.40).
         self._cache_arg = "cache" if "cache" in inspect.signature(self.lm.forward).parameters else "past_key_values"
         self._capped = 0
         self.eos_ids = self._eos_ids()
