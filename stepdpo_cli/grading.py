@@ -228,6 +228,10 @@ _HUGE_EXPONENT = re.compile(r"(?:\^|\*\*)\s*[{(]?\s*-?\d{5,}")
 _HUGE_FACTORIAL = re.compile(r"\d{4,}\s*!|\\(?:Gamma|binom)\s*\{?\s*\d{5,}")
 
 
+_EXPONENT_GROUP = re.compile(r"(?:\^|\*\*)\s*\{")
+_BIG_EXPONENT = re.compile(r"(?:\^|\*\*)\s*[{(]?\s*-?\d{3,}")
+
+
 def _too_costly(text: str) -> bool:
     """Inputs no real answer has that make sympy hang or eat memory: power towers, giant exponents, deep nesting."""
     if len(text) > MAX_SYMBOLIC_CHARS or text.count("^") + text.count("**") > 12:
@@ -241,7 +245,21 @@ def _too_costly(text: str) -> bool:
             depth -= 1
     if deepest > 12:
         return True
-    return bool(_NUMERIC_TOWER.search(text) or _HUGE_EXPONENT.search(text) or _HUGE_FACTORIAL.search(text))
+    return bool(_NUMERIC_TOWER.search(text) or _HUGE_EXPONENT.search(text) or _HUGE_FACTORIAL.search(text)
+                or _big_power_in_exponent(text))
+
+
+def _big_power_in_exponent(text: str) -> bool:
+    """An exponent holding a power of 100 or more, at any brace depth: 2^{\frac{1}{2^{1000}}}."""
+    for start in (m.end() for m in _EXPONENT_GROUP.finditer(text)):
+        depth = 1
+        for end in range(start, len(text)):
+            depth += {"{": 1, "}": -1}.get(text[end], 0)
+            if depth == 0:
+                break
+        if _BIG_EXPONENT.search(text, start, end):
+            return True
+    return False
 
 
 # ---------------------------------------------------------------------------------------------- comparison

@@ -7,6 +7,7 @@ when the data records one (a case where stepdpo knowingly gives the other verdic
 from __future__ import annotations
 
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,12 +24,23 @@ def _load(name: str) -> list[dict]:
     return data["cases"]
 
 
+TIMEOUT = 10.0
+
+
+def _timed_verdict(case: dict) -> tuple[bool, float]:
+    start = time.monotonic()
+    verdict = grade(case["prediction"], case["gold"], timeout=TIMEOUT)[1]
+    return verdict, time.monotonic() - start
+
+
 def test_agreement_with_public_grader_suites():
-    rows, lines, unexpected = {}, [], []
+    rows, lines, unexpected, slowest = {}, [], [], 0.0
     with ThreadPoolExecutor(4) as pool:  # the symbolic workers are shared across threads
         for name in SUITES:
             cases = _load(name)
-            verdicts = list(pool.map(lambda c: grade(c["prediction"], c["gold"], timeout=10.0)[1], cases))
+            timed = list(pool.map(_timed_verdict, cases))
+            verdicts = [verdict for verdict, _ in timed]
+            slowest = max([slowest] + [seconds for _, seconds in timed])
             disagreements = [c for c, v in zip(cases, verdicts) if v != c["correct"]]
             rows[name] = (len(cases) - len(disagreements), len(cases))
             for case in disagreements:
@@ -38,11 +50,14 @@ def test_agreement_with_public_grader_suites():
                     unexpected.append(case["id"])
     agreed, total = sum(a for a, _ in rows.values()), sum(n for _, n in rows.values())
     report = "\n".join([f"{name}: {a}/{n} = {a / n:.3f}" for name, (a, n) in rows.items()]
-                       + [f"overall: {agreed}/{total} = {agreed / total:.3f}", "disagreements:"] + lines)
+                       + [f"overall: {agreed}/{total} = {agreed / total:.3f}",
+                          f"slowest case: {slowest:.2f} s (per-comparison timeout {TIMEOUT:.0f} s)", "disagreements:"]
+                       + lines)
     print(report)
     assert all(a / n >= 0.95 for a, n in rows.values()), report
     assert agreed / total >= 0.98, report
     assert not unexpected, report
+    assert slowest < TIMEOUT, report  # two comparisons at most per case, and none ran out its time
 
 
 def test_every_knowing_disagreement_still_disagrees():
@@ -50,6 +65,6 @@ def test_every_knowing_disagreement_still_disagrees():
     stale = []
     for name in SUITES:
         for case in _load(name):
-            if case.get("disagree") and grade(case["prediction"], case["gold"], timeout=10.0)[1] == case["correct"]:
+            if case.get("disagree") and grade(case["prediction"], case["gold"], timeout=TIMEOUT)[1] == case["correct"]:
                 stale.append(case["id"])
     assert not stale
