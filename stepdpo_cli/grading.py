@@ -40,7 +40,16 @@ _VECTOR = re.compile(r"\\begin\{[pb]matrix\}(.*)\\end\{[pb]matrix\}", re.S)
 _AND_LIST = re.compile(r"\s*,?\s*\band\b\s*,?\s*")
 _CLOCK = re.compile(r"^(\d{1,2}):(\d{2})(?::(\d{2}))?\s*(?:([AaPp])\.?\s*[Mm]\.?)?$")
 _SUBSCRIPT_BRACES = re.compile(r"_\{(\w+)\}")
+_REPEATING = re.compile(r"(?<![\d.])(\d*)\.(\d*)\\(?:overline|bar|dot)\s*\{?(\d{1,12})\}?")
+_BASE_N = re.compile(r"([0-9A-Za-z]+)_(\d{1,2})")
 _DOUBLE_ESCAPE = re.compile(r"(?<!\\)\\\\(?:[dt]?frac|sqrt|begin|end|boxed|text|left|right|cdot|times|pi|le|ge)(?![A-Za-z])")
+
+
+def _repeating_fraction(match: re.Match) -> str:
+    """a.b(c repeating) as an exact fraction: 0.\\overline{3} -> \\frac{1}{3}."""
+    whole, fixed, cycle = match.group(1) or "0", match.group(2), match.group(3)
+    value = int(whole) + Fraction(int(fixed + cycle) - int(fixed or "0"), 10 ** len(fixed) * (10 ** len(cycle) - 1))
+    return f"\\frac{{{value.numerator}}}{{{value.denominator}}}"
 
 
 def _clock(s: str) -> str | None:
@@ -90,6 +99,7 @@ def _normalize(answer: str) -> str:
     if "\\approx" in s:  # "x = 1/3 \approx 0.33": the exact value; "x \approx 11": the approximation
         before, _, after = s.partition("\\approx")
         s = before.strip() if "=" in before else after.split("\\approx")[-1].strip()
+    s = _REPEATING.sub(_repeating_fraction, s)  # 0.1\overline{6} = 1/6
     mixed = re.fullmatch(r"(-?)(\d+)\s+(\d+)/(\d+)", s)  # "1 1/2"
     if mixed:
         s = f"{mixed.group(1)}{mixed.group(2)}\\frac{{{mixed.group(3)}}}{{{mixed.group(4)}}}"
@@ -294,6 +304,21 @@ def _decimal_comma(key: str, other: str) -> str:
     return key
 
 
+def _base_n_verdict(pred_key: str, ref_key: str) -> bool | None:
+    """Base-n answers compare by digits and base; "1010" for "1010_2" is right (the question states the base),
+    a digit the base does not have is wrong. None when neither side is written in base n."""
+    pred_base, ref_base = _BASE_N.fullmatch(pred_key), _BASE_N.fullmatch(ref_key)
+    if not pred_base and not ref_base:
+        return None
+    if pred_base and ref_base:
+        return pred_key == ref_key
+    based, plain = (ref_base, pred_key) if ref_base else (pred_base, ref_key)
+    base = int(based.group(2))  # type: ignore[union-attr]
+    if not 2 <= base <= 36 or not re.fullmatch(r"[0-9A-Za-z]+", plain) or plain != based.group(1):  # type: ignore[union-attr]
+        return False
+    return all(int(digit, 36) < base for digit in plain)
+
+
 def _cheap_verdict(prediction: str, reference: str) -> bool | None:
     """True/False from the pure-Python tiers, or None when only the symbolic tier can decide."""
     pred_key, ref_key = _key(prediction), _key(reference)
@@ -301,6 +326,9 @@ def _cheap_verdict(prediction: str, reference: str) -> bool | None:
         return False
     if pred_key == ref_key:
         return True
+    base_n = _base_n_verdict(pred_key, ref_key)
+    if base_n is not None:
+        return base_n
     if not _is_math(_normalize(prediction)):
         return False  # code or prose never equals a number, whatever a parser could fish out of it
     pred_key, ref_key = _decimal_comma(pred_key, ref_key), _decimal_comma(ref_key, pred_key)

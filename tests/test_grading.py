@@ -157,6 +157,16 @@ MATCHES = [
     ("Tuesday", "Monday", False),
     # matrices
     ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix}1\\\\2\\end{pmatrix}", True),
+    # repeating decimals, base-n, clock times, relations, matrices, labels, ordered vs unordered lists
+    ("0.\\overline{3}", "\\frac{1}{3}", True), ("0.1\\overline{6}", "\\frac16", True), ("0.\\overline{3}", "0.3", False),
+    ("1010", "1010_2", True), ("4210_{7}", "4210_7", True), ("1012", "1012_2", False), ("1010_2", "1010_3", False),
+    ("08:34 P.M.", "20:34", True), ("12:00", "1:00", False), ("x \\geq 5", "x >= 5", True), ("x \\neq 3", "x != 3", True),
+    ("\\begin{bmatrix}1&2\\\\3&4\\end{bmatrix}", "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", True),
+    ("(1, 2)", "\\begin{pmatrix}1\\\\2\\end{pmatrix}", True), ("f(x) = 2x + 3", "2x+3", True),
+    ("x = 1, y = 2", "1, 2", True), ("0", "a + 3z = 0", False), ("y = 2x + 3", "f(x) = 2x + 3", True),
+    ("-2, 1", "1, -2", True), ("10, 4, -2", "4, 10, -2", False), ("4, 10, -2", "10, 4, -2", True), ("7, -2, \\text{ and } -5", "-5, -2, 7", True),
+    ("10 weeks", "10", True), ("10cm", "10", False), ("1 000", "1000", True), ("\\frac34i", "\\frac{3}{4}i", True),
+    ("14 or 16", "16", False), ("__import__('os').getpid() or 16", "16", False),
     # list references: any of them
     ("4", ["3", "4"], True), ("\\frac{1}{2}", ["0.5", "1/2"], True), ("5", ["3", "4"], False),
     # no answer
