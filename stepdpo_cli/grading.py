@@ -275,12 +275,17 @@ def _big_power_in_exponent(text: str) -> bool:
 # ---------------------------------------------------------------------------------------------- comparison
 
 _ENVIRONMENT = re.compile(r"\\(?:begin|end)\s*\{[^{}]*\}(?:\{[^{}]*\})?")
+_CALL = re.compile(r"(?<![\\A-Za-z0-9])([A-Za-z_]{3,})\s*\(")
+_MATH_CALLS = {"sin", "cos", "tan", "cot", "sec", "csc", "arcsin", "arccos", "arctan", "sinh", "cosh", "tanh", "log",
+               "exp", "sqrt", "abs", "max", "min", "gcd", "lcm", "floor", "ceil", "det", "mod"}
 _NOT_MATH = re.compile(r"['\"`]|__|\bimport\b|\blambda\b|\bor\b|\?")
 
 
 def _is_math(answer: str) -> bool:
     """False for code and prose: quotes, dunders, "or" (a hedge: "14 or 16"), two or more words outside \\text{}."""
     text = _ENVIRONMENT.sub(" ", TEXT_CMD.sub(" ", answer))
+    if any(name.lower() not in _MATH_CALLS for name in _CALL.findall(text)):
+        return False  # print(5), system(...): a call of a name that is no math function
     return not _NOT_MATH.search(text) and len(re.findall(r"(?<![\\A-Za-z])[A-Za-z]{2,}(?![A-Za-z])", text)) < 2
 
 
