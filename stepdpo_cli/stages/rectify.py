@@ -16,7 +16,7 @@ import re
 from typing import Any, Callable, Iterable, Iterator
 
 from ..backends.base import Backend, Request, SamplingParams
-from ..grading import grade
+from ..grading import grade_many
 from ..records import InputError, batched, derive_seed, require_fields
 from ..steps import continuation_steps, first_step, prefix_text
 from ..templates import generation_prompt, resolve_template
@@ -67,8 +67,11 @@ def rectify_records(records: Iterable[dict], backend: Backend, *, spec: str = ""
         todo = [r for r in batch if r.get("first_error_step") is not None]
         requests = [_request(r, seed, template, backend.tokenizer) for r in todo]
         outputs = backend.generate(requests, params) if requests else []
+        graded = iter(grade_many([(c.text, r["answer"]) for r, cs in zip(todo, outputs) for c in cs],
+                                 timeout=grade_timeout))  # the batch at once: one slow answer stalls no other
         for record, request, completions in zip(todo, requests, outputs):
-            _attach_candidates(record, request.seed, completions, settings, grade_timeout, verify_chosen)
+            _attach_candidates(record, request.seed, completions, [next(graded) for _ in completions], settings,
+                               verify_chosen)
         if judge_check is not None:
             _judge_candidates(todo, judge_check)
         for record in todo:
@@ -112,15 +115,14 @@ def _checked_steps(record: dict, continuation: str) -> list[str]:
     return list(record["steps"][: record["first_error_step"] - 1]) + steps
 
 
-def _attach_candidates(record: dict, record_seed: int, completions: list, settings: dict, grade_timeout: float,
+def _attach_candidates(record: dict, record_seed: int, completions: list, graded: list, settings: dict,
                        verify_chosen: Callable | None) -> None:
     k = record["first_error_step"]
     rejected = record["steps"][k - 1]
     record["rectify"] = {"n": len(completions), "correct": 0, "kept": 0, "dropped_same": 0, "failed_verify": 0,
                          "seed": record_seed, "settings": settings}
     info, candidates = record["rectify"], []
-    for index, completion in enumerate(completions):
-        prediction, ok = grade(completion.text, record["answer"], timeout=grade_timeout)
+    for index, (completion, (prediction, source, ok)) in enumerate(zip(completions, graded)):
         info["correct"] += int(ok)
         if not ok and settings["accept"] == "answer":
             continue
@@ -139,7 +141,7 @@ def _attach_candidates(record: dict, record_seed: int, completions: list, settin
                 info["failed_verify"] += 1
                 continue
         candidates.append({"text": text, "continuation": completion.text, "prediction": prediction,
-                           "reaches_answer": ok, "seed": record_seed, "index": index,
+                           "prediction_source": source, "reaches_answer": ok, "seed": record_seed, "index": index,
                            "finish_reason": completion.finish_reason})
     record["candidates"] = candidates
     info["kept"] = len(candidates)
