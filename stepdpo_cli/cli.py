@@ -356,7 +356,13 @@ def grade(
     max_line_bytes: MaxLineBytesOpt = DEFAULT_MAX_LINE_BYTES,
     quiet: QuietOpt = False,
 ) -> None:
-    """Grade records with `completion` (or `prediction`) and `answer`: adds `prediction` and `correct`."""
+    """Grade records with `completion` (or `prediction`) and `answer`: adds `prediction`, `prediction_source`
+    and `correct`.
+
+    The answer is taken from \\boxed{}, "Final Answer", "####" or "The answer is"; else the last $..$ math; else
+    a completion that is itself a bare answer; else the last number of plain prose. `prediction_source` names
+    the rule. Records are graded STEPDPO_GRADE_THREADS (default 4) at a time, in input order.
+    """
     from .stages.grade import grade_records, validate_gradable
 
     log.set_quiet(quiet)
