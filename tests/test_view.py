@@ -12,8 +12,10 @@ from conftest import run_cli
 from stepdpo_cli.view import detect_kind, render_html, write_view
 
 
-def pairs_records(n: int = 120) -> list[dict]:
-    """Step rows as `stepdpo pair` writes them; every tenth has an empty rejected (as some released rows)."""
+def pairs_records(n: int = 120, tail_words: int = 0) -> list[dict]:
+    """Step rows as `stepdpo pair` writes them; every tenth has an empty rejected (as some released rows).
+    `tail_words` lengthens the whole continuations (Math-Step-DPO-10K rows are ~3.5 KB)."""
+    tail = " ".join(f"then we simplify term {j} of the expression" for j in range(tail_words // 7))
     rows = []
     for i in range(n):
         a, b = i % 97, (i * 7) % 89
@@ -23,8 +25,8 @@ def pairs_records(n: int = 120) -> list[dict]:
                      "chosen": f" {b} times 3 is {3 * b}, so the total is {a} + {3 * b} = {a + 3 * b}.",
                      "rejected": "" if i % 10 == 9 else f" {b} times 3 is {3 * b + 1}, so the total is {a} + "
                                                         f"{3 * b + 1} = {a + 3 * b + 1}.",
-                     "full_chosen": f" {b} times 3 is {3 * b}.\nStep 3: The answer is {a + 3 * b}.",
-                     "full_rejected": f" {b} times 3 is {3 * b + 1}.\nStep 3: The answer is {a + 3 * b + 1}.",
+                     "full_chosen": f" {b} times 3 is {3 * b}.\nStep 3: {tail} The answer is {a + 3 * b}.",
+                     "full_rejected": f" {b} times 3 is {3 * b + 1}.\nStep 3: {tail} The answer is {a + 3 * b + 1}.",
                      "answer": str(a + 3 * b), "first_error_step": 2, "format": "step", "template": "raw",
                      "localizer": {"method": "rollout", "model": "hf:ckpt/sft", "rollouts": 8}})
     return rows

@@ -75,9 +75,13 @@
     var side = function (cls, title, body) {
       return '<div class="side ' + cls + '"><h4>' + title + '</h4><div class="text">' + (body || '<i class="empty">(empty)</i>') + "</div></div>";
     };
+    var full = (r.full_chosen && r.full_chosen !== r.chosen) || (r.full_rejected && r.full_rejected !== r.rejected)
+      ? '<details class="full"><summary>whole continuations</summary><div class="cols">'
+        + side("chosen", "chosen, to the end", esc(r.full_chosen)) + side("rejected", "rejected, to the end", esc(r.full_rejected))
+        + "</div></details>" : "";
     return '<article class="card pair">' + head(r, tags) + '<div class="problem">' + esc(r.prompt || r.problem) + "</div>"
       + shared + '<div class="cols">' + side("chosen", "chosen", d[1]) + side("rejected", "rejected", d[0]) + "</div>"
-      + evidence(r) + "</article>";
+      + full + evidence(r) + "</article>";
   }
   function stepsList(r) {
     var k = r.first_error_step, verdicts = r.step_verdicts || [], scores = r.step_scores || [];
