@@ -223,7 +223,7 @@ def load_processbench(name_or_path: str = PROCESSBENCH, split: str = "gsm8k",
     """ProcessBench rows (`id`, `generator`, `problem`, `steps`, `final_answer_correct`, `label` = 0-based first
     wrong step or -1) from the hub id or a local copy in its shape (save_to_disk folder, parquet, jsonl, ...),
     checked and given `dataset` = "processbench/SPLIT". `scoring.score_localizer` reads their `label`.
-    ProcessBench has no reference answers: localize them with a judge prompt that does not need {answer}."""
+    ProcessBench ships no reference answers; `localize` needs an `answer` on each row."""
     from .scoring import gold_from_label
 
     table = load_rows(name_or_path, split) if not is_jsonl_source(name_or_path) else iter_jsonl(name_or_path)
