@@ -760,10 +760,16 @@ def train(
     if max_tokens_per_batch < 0:
         raise InputError("must be >= 0", field="--max-tokens-per-batch")
     # Libraries (DeepSpeed's logger, accelerate) print to stdout; stdout must carry only metrics JSONL.
-    # Metrics go to a duplicate of the real stdout, and fd 1 is pointed at stderr for everything else.
+    # Metrics go to a duplicate of the real stdout, and fd 1 is pointed at stderr for everything else
+    # (at /dev/null with -q: DeepSpeed print()s banners that no logging setting reaches).
     sys.stdout.flush()
     metrics_fd = os.dup(1)
-    os.dup2(2, 1)
+    if quiet:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.close(devnull)
+    else:
+        os.dup2(2, 1)
     if needs_launch(num_processes, config_file, deepspeed):
         code = relaunch(sys.argv[1:], num_processes=num_processes, config_file=config_file, deepspeed=deepspeed,
                         data=data, output=output, objective=objective, stdout=metrics_fd, split=data_split)
