@@ -241,6 +241,7 @@ def _sample_args(model: str, *extra: str) -> list[str]:
             "-q", *extra]
 
 
+@pytest.mark.slow  # three sample runs (~25 s); test_records covers the cut-back and group resume in-process
 def test_row2_a_full_disk_mid_group_then_resume_gives_the_uninterrupted_output(tiny_model, tmp_path):
     """sample -n 2 on a disk that fills between a problem's two samples (RLIMIT_FSIZE: the same EFBIG/ENOSPC
     path), then --resume with space: the problem is redone whole, output equals the uninterrupted run."""
@@ -440,3 +441,15 @@ def test_the_readme_pipeline_runs_as_written_with_a_local_judge(tiny_model, tmp_
     assert len(read_records(tmp_path / "results.jsonl")) == 2
     failing = sh(pipeline.replace("< problems.jsonl", "< missing.jsonl"))  # pipefail: the pipeline fails
     assert failing.returncode != 0
+
+
+@pytest.mark.slow
+def test_quiet_train_under_deepspeed_prints_nothing_but_metrics(tiny_model, tmp_path):
+    """DeepSpeed print()s a banner from its CPU comm op (no logger reaches it): -q keeps stderr empty."""
+    rows = jsonl(*[{"prompt": f"{i}+1", "initial_reason_steps": "Step 1:", "chosen": f" {i + 1}",
+                    "rejected": f" {i + 2}"} for i in range(2)])
+    proc = run_cli("train", "-q", "-m", tiny_model, "-i", "-", "-o", str(tmp_path / "m"), "--objective", "dpo",
+                   "--max-steps", "1", "--batch-size", "2", "--template", "raw", "--deepspeed", "zero2",
+                   input=rows, env={"OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0 and proc.stderr == b"", proc.stderr.decode()[-3000:]
+    assert len(parse_stdout(proc)) == 1
