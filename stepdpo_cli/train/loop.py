@@ -137,7 +137,6 @@ def _progress_status(metrics: dict) -> str:
     return "  ".join(parts)
 
 
-
 def _make_accelerator(config: TrainConfig):
     from accelerate import Accelerator
     from accelerate.utils import InitProcessGroupKwargs
