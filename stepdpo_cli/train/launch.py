@@ -74,7 +74,7 @@ def child_argv(argv: list[str], data_path: str | None = None) -> list[str]:
         if name in LAUNCH_OPTIONS:
             skip = "=" not in arg
             continue
-        if data_path and name == "--data":
+        if data_path and name in ("--data", "-i"):
             out.append(f"--data={data_path}")
             skip = "=" not in arg
             continue
