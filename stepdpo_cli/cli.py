@@ -983,6 +983,9 @@ def view(
                                                      "(default: recognised from the fields).")] = None,
     title: Annotated[Optional[str], typer.Option(help="Page title.")] = None,
     page_size: Annotated[int, typer.Option(help="Records per page.")] = 50,
+    evidence: Annotated[Optional[str], typer.Option(help="pairs: the localize output they came from; its judge "
+                                                         "text, verdicts and rollout rates are shown with each "
+                                                         "pair (matched by source_id).")] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """One self-contained HTML page (no network) to look at a stage's output: pairs with a word diff,
@@ -995,7 +998,7 @@ def view(
     if not output and files[0] == "-":
         raise InputError("reading stdin needs -o FILE.html", field="--output")
     target = output or os.path.splitext(files[0][:-3] if files[0].endswith(".gz") else files[0])[0] + ".html"
-    result = write_view(files, target, kind=kind, title=title, page_size=page_size)
+    result = write_view(files, target, kind=kind, title=title, page_size=page_size, evidence=evidence)
     log.summary("view", {**result, "output": target})
 
 

@@ -79,9 +79,15 @@ def render_html(records: Sequence[dict], *, kind: str | None = None, title: str 
     )
 
 
+EVIDENCE_FIELDS = ("localize_status", "judge_raw", "step_verdicts", "step_scores", "rollouts_spent", "localizer")
+
+
 def write_view(paths: Sequence[str], output: str, *, kind: str | None = None, title: str | None = None,
-               page_size: int = PAGE_SIZE) -> dict:
-    """Read JSONL file(s), write the page atomically to `output`; returns {kind, records, bytes}."""
+               page_size: int = PAGE_SIZE, evidence: str | None = None) -> dict:
+    """Read JSONL file(s), write the page atomically to `output`; returns {kind, records, bytes}.
+
+    `evidence`: a localize (or rectify) output whose records' localizer evidence (the judge's text, verdicts,
+    rollout rates) is shown with the pairs made from them (pair rows do not carry it), matched by `source_id`."""
     from .records import InputError, atomic_write_bytes, iter_jsonl
 
     if kind is not None and kind not in KINDS:
@@ -103,6 +109,12 @@ def write_view(paths: Sequence[str], output: str, *, kind: str | None = None, ti
         raise InputError(f"files of different kinds ({', '.join(sorted(kinds))}); view one kind at a time, "
                          "or name one with --kind", field="FILE")
     found = kind or detect_kind(records)
+    if evidence:
+        by_id = {str(r.get("id")): {k: r[k] for k in EVIDENCE_FIELDS if k in r} for r in iter_jsonl(evidence)}
+        for record in records:
+            found_evidence = by_id.get(str(record.get("source_id", record.get("id"))))
+            if found_evidence:
+                record["_evidence"] = found_evidence
     page = render_html(records, kind=found, title=title or f"stepdpo view: {', '.join(map(os.path.basename, paths))}",
                        sources=[os.path.basename(p) for p in paths], page_size=page_size)
     data = page.encode("utf-8")

@@ -145,3 +145,16 @@ def test_bad_line_is_exit_2_naming_file_and_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.decode().startswith(f"stepdpo: error: {path}:2: bad JSON")
     assert not (tmp_path / "bad.html").exists()
+
+
+def test_pairs_show_the_evidence_of_the_records_they_came_from(tmp_path):
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", pairs_records(3))
+    localized = write_jsonl(tmp_path / "localized.jsonl", [
+        {"id": "p1/s0", "localize_status": "error_found", "judge_raw": "Step 2 is incorrect.",
+         "step_verdicts": ["correct", "incorrect"], "steps": ["a", "b"], "problem": "not carried"}])
+    out = tmp_path / "pairs.html"
+    write_view([pairs], str(out), evidence=localized)
+    rows = embedded(out.read_text())["records"]
+    assert "_evidence" not in rows[0] and "_evidence" not in rows[2]
+    assert rows[1]["_evidence"] == {"localize_status": "error_found", "judge_raw": "Step 2 is incorrect.",
+                                    "step_verdicts": ["correct", "incorrect"]}

@@ -154,7 +154,10 @@ def _page(tmp_path, name, rows, **kw) -> str:
 
 
 def test_pairs_page(browser, tmp_path):
-    page = _page(tmp_path, "pairs", pairs_records(120))
+    localized = write_jsonl(tmp_path / "localized.jsonl", [  # the judge's evidence for pair p1's source record
+        {"id": "p1/s0", "localize_status": "error_found", "judge_raw": "Step 2 is incorrect: 7 * 3 = 21.",
+         "step_verdicts": ["correct", "incorrect"]}])
+    page = _page(tmp_path, "pairs", pairs_records(120), evidence=localized)
     browser.open(page)
     assert browser.js("document.querySelectorAll('#items article.card.pair').length") == 50
     assert browser.js("document.getElementById('count').textContent") == "120 of 120 matching"
@@ -166,6 +169,9 @@ def test_pairs_page(browser, tmp_path):
     assert "The answer is 22." in browser.js(texts(f"{second} details.full .side.chosen"))[0]
     assert browser.js(texts(f"{second} .tag")) == ["MATH", "error at step 2", "step"]
     assert "rollout (hf:ckpt/sft)" in browser.js(texts(f"{second} .evidence"))[0]
+    assert browser.js(texts(f"{second} details.judge pre")) == ["Step 2 is incorrect: 7 * 3 = 21."]
+    assert "verdicts: step 1 = correct, step 2 = incorrect" in browser.js(texts(f"{second} .evidence"))[0]
+    assert browser.js("document.querySelectorAll('#items details.judge').length") == 1  # only p1 has evidence
     tenth = "article.card.pair:nth-child(10)"  # p9: an empty rejected, nothing to strike out
     assert browser.js(texts(f"{tenth} > .cols > .side.rejected")) == ["rejected(empty)"]
     assert browser.js(f"document.querySelectorAll('#items {tenth} del').length") == 0

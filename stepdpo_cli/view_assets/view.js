@@ -55,6 +55,8 @@
   }
   function evidence(r) {
     var out = "";
+    if (r._evidence) r = Object.assign({}, r._evidence, r, { localizer: r.localizer || r._evidence.localizer,
+      judge_raw: r._evidence.judge_raw, step_verdicts: r._evidence.step_verdicts, step_scores: r._evidence.step_scores });
     var loc = r.localizer || {};
     if (loc.method) out += "<div><b>localizer:</b> " + esc(loc.method) + (loc.judge ? " (" + esc(loc.judge) + ")" : "")
       + (loc.model ? " (" + esc(loc.model) + ")" : "") + (loc.verifier ? " (" + esc(loc.verifier) + ")" : "") + "</div>";
