@@ -70,9 +70,9 @@ def _open_text(path: str | None) -> tuple[IO[bytes], str]:
     return raw, path
 
 
-def _bounded_lines(handle: IO[bytes], limit: int) -> Iterator[bytes | int]:
-    """Lines of at most `limit` bytes (newline excluded); a longer line yields its length instead (read and
-    dropped in chunks, so a 10 GB line costs no more memory than a short one)."""
+def _bounded_lines(handle: IO[bytes], limit: int) -> Iterator[bytes | tuple[bytes, int]]:
+    """Lines of at most `limit` bytes (newline excluded); a longer line yields (its first 4 KiB, its length)
+    instead, read and dropped in chunks, so a 10 GB line costs no more memory than a short one."""
     while True:
         line = handle.readline(limit + 1)
         if not line:
@@ -86,7 +86,7 @@ def _bounded_lines(handle: IO[bytes], limit: int) -> Iterator[bytes | int]:
             if not line:
                 break
             size += len(line)
-        yield head, size  # type: ignore[misc]
+        yield head, size
 
 
 def _long_line_error(head: bytes, size: int, limit: int) -> InputError:
