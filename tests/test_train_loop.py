@@ -177,6 +177,19 @@ def test_two_process_zero3(tiny_model, tmp_path):
 
 @pytest.mark.distributed
 @pytest.mark.slow
+def test_zero3_offload_uses_deepspeeds_cpu_adam(tiny_model, tmp_path):
+    """Optimizer offload runs DeepSpeed's CPU Adam (not torch's AdamW on the host) and trains like DDP."""
+    data = _pairs(tmp_path / "p.jsonl", n=8)
+    proc = run_cli("train", "--model", tiny_model, "--data", data, "--output", str(tmp_path / "o"), "--lr", "1e-3",
+                   "--batch-size", "2", "--max-steps", "2", "--deepspeed", "zero3-offload", timeout=900)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    assert b"DeepSpeed's CPU Adam" in proc.stderr
+    metrics = [orjson.loads(line) for line in proc.stdout.splitlines()]
+    assert metrics[0]["loss"] == pytest.approx(math.log(2), abs=1e-6) and metrics[1]["loss"] != metrics[0]["loss"]
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_accelerate_config_file(tiny_model, tmp_path):
     """--config-file hands an accelerate yaml (the multi-node route) to `accelerate launch`."""
     yaml = tmp_path / "accelerate.yaml"

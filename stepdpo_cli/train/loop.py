@@ -221,6 +221,8 @@ def _make_optimizer(config: TrainConfig, params: list, accelerator):
     if offloads_optimizer(accelerator):
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
+        if accelerator.is_main_process:
+            log.log("train: optimizer states offloaded to the CPU: DeepSpeed's CPU Adam (compiled on first use)")
         return DeepSpeedCPUAdam(params, lr=config.lr, weight_decay=config.weight_decay, adamw_mode=True)
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
