@@ -248,7 +248,7 @@ DataParallelOpt = Annotated[int, typer.Option(
     "--resume resumes every worker.")]
 
 
-def _split_over_workers(workers: int, generator: "_GenerationModel", *, input: str | None, output: str | None,
+def _split_over_workers(workers: int, backend_options: dict[str, Any], *, input: str | None, output: str | None,
                         resume: bool, skip_invalid: bool, validate: Callable[[dict], dict], max_line_bytes: int,
                         origin: Callable[[dict], Any], done_filter: Callable[[dict, set[str]], bool],
                         group_key: Callable[[dict], Any] | None = None,
@@ -262,7 +262,7 @@ def _split_over_workers(workers: int, generator: "_GenerationModel", *, input: s
         return False
     records = source if source is not None else iter_jsonl(
         input, skip_invalid=skip_invalid, validate=validate, log=log.warn, max_line_bytes=max_line_bytes)
-    tensor_parallel = int(generator.options.get("tensor_parallel_size", 1) or 1)
+    tensor_parallel = int(backend_options.get("tensor_parallel_size", 1) or 1)
     parallel.run_data_parallel(sys.argv[1:], workers=workers, records=records, output=output, resume=resume,
                                origin=origin, done_filter=done_filter, tensor_parallel_size=tensor_parallel,
                                drop_options=drop_options, group_key=group_key)
@@ -553,6 +553,7 @@ def rectify(
     dtype: DtypeOpt = "auto",
     concurrency: ConcurrencyOpt = None,
     backend_option: BackendOptionOpt = None,
+    data_parallel: DataParallelOpt = 1,
     n: Annotated[int, typer.Option("-n", "--n", help="Continuations sampled per record.")] = 8,
     temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.8,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling.")] = 0.95,
@@ -584,6 +585,11 @@ def rectify(
                         "--max-candidates": max_candidates, "--concurrency": concurrency,
                         "--max-line-bytes": max_line_bytes})
     check_accept(accept, bool(verify_chosen or verify_judge))
+    if _split_over_workers(data_parallel, _backend_options(backend_option), input=input, output=output,
+                           resume=resume, skip_invalid=skip_invalid, validate=validate_rectifiable,
+                           max_line_bytes=max_line_bytes, origin=lambda record: record.get("id"),
+                           done_filter=lambda record, ids: str(record.get("id")) in ids):
+        return
     checker = None
     if verify_chosen:
         from .localizers.verifier import load_callable
@@ -841,7 +847,7 @@ def sample(
     generator = _GenerationModel(model, backend, template, n, batch_size, _backend_options(backend_option),
                                  device=device, dtype=dtype, base_url=base_url, concurrency=concurrency)
     params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=tuple(stop or ()))
-    if _split_over_workers(data_parallel, generator, input=input, output=output, resume=resume,
+    if _split_over_workers(data_parallel, generator.options, input=input, output=output, resume=resume,
                            skip_invalid=skip_invalid, validate=validate_problem, max_line_bytes=max_line_bytes,
                            origin=lambda record: record.get("problem_id"), done_filter=is_problem_done(n),
                            group_key=lambda record: record.get("problem_id")):
@@ -921,7 +927,7 @@ def eval_command(
         input, skip_invalid=skip_invalid, validate=validate_problem, log=log.warn, max_line_bytes=max_line_bytes),
         limit)
     if _split_over_workers(
-            data_parallel, generator, input=input, output=output, resume=resume, skip_invalid=skip_invalid,
+            data_parallel, generator.options, input=input, output=output, resume=resume, skip_invalid=skip_invalid,
             validate=validate_problem, max_line_bytes=max_line_bytes, origin=lambda record: record.get("id"),
             done_filter=lambda record, ids: str(record.get("id")) in ids, source=workers_source,
             drop_options=("--summary", "--dataset", "--split", "--limit")):

@@ -78,3 +78,19 @@ def test_eval_data_parallel_matches_one_process_and_summarises_all_records(tiny_
     first, second = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
     assert second["count"] == first["count"] == 4 and second["accuracy"] == first["accuracy"]
     assert second["template"] == first["template"] and second["tokens"] == first["tokens"]
+
+
+@pytest.mark.slow
+def test_rectify_data_parallel_matches_one_process(tiny_model, tmp_path):
+    from scripted_policy import make_record
+
+    records = [make_record([3, 5, 7, i], wrong_at=2, rid=f"p{i}/s0", first_error_step=2) for i in range(4)]
+    source = tmp_path / "localized.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in records))
+    args = ["rectify", "--model", tiny_model, "-i", str(source), "--n", "2", "--max-tokens", "8", "--seed", "1"]
+    one = run_cli(*args, "-o", str(tmp_path / "one.jsonl"), env=ENV)
+    assert one.returncode == 0, one.stderr.decode()[-2000:]
+    two = run_cli(*args, "-o", str(tmp_path / "two.jsonl"), "--data-parallel", "2", env=ENV)
+    assert two.returncode == 0, two.stderr.decode()[-2000:]
+    assert (tmp_path / "two.jsonl").read_bytes() == (tmp_path / "one.jsonl").read_bytes()
+    assert len((tmp_path / "one.jsonl").read_bytes().splitlines()) == 4
