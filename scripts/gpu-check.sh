@@ -88,6 +88,24 @@ def has(module: str) -> bool:
 
 def section(title: str, lines: list[str]) -> None:
     report.extend([f"## {title}", "", *lines, ""])
+    write_report(done=False)  # each section lands at once: a run cut short by the time limit keeps them
+
+
+def write_report(done: bool) -> None:
+    device = torch.cuda.get_device_name(0) if CUDA else f"CPU ({platform.processor() or platform.machine()})"
+    result = ("all checks passed" if not failures else "FAILED: " + "; ".join(failures)) if done else \
+        "INCOMPLETE (the run stopped before its last section)" + ("; FAILED: " + "; ".join(failures) if failures else "")
+    head = ["# GPU check" + (" (DRY RUN on CPU: tiny model, 2 steps; not GPU figures)" if DRY else ""), "",
+            f"Written by `scripts/gpu-check.sh{' --dry-run' if DRY else ''}` on "
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} in {time.time() - STARTED:.0f} s. Device: {device}. "
+            f"{versions()}.", "",
+            f"Model: random Qwen2, {N_PARAMS / 1e6:.1f}M parameters; data: bench/bench_train.py's fixture, "
+            f"{len(examples)} pairs, {TOKENS_PER_PAIR:.0f} tokens per pair (context + chosen + rejected).", "",
+            "Result: " + result, ""]
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out + ".tmp", "w") as handle:
+        handle.write("\n".join(head + report))
+    os.replace(args.out + ".tmp", args.out)
 
 
 def check(ok: bool, what: str) -> str:
@@ -386,16 +404,7 @@ section("4. hf backend generation", [
     f"{generated} tokens in {seconds:.2f} s = **{generated / seconds:.0f} tokens/s**"])
 
 # ------------------------------------------------------------------------------------------ report
-device = torch.cuda.get_device_name(0) if CUDA else f"CPU ({platform.processor() or platform.machine()})"
-head = ["# GPU check" + (" (DRY RUN on CPU: tiny model, 2 steps; not GPU figures)" if DRY else ""), "",
-        f"Written by `scripts/gpu-check.sh{' --dry-run' if DRY else ''}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
-        f" in {time.time() - STARTED:.0f} s. Device: {device}. {versions()}.", "",
-        f"Model: random Qwen2, {N_PARAMS / 1e6:.1f}M parameters; data: bench/bench_train.py's fixture, "
-        f"{len(examples)} pairs, {TOKENS_PER_PAIR:.0f} tokens per pair (context + chosen + rejected).", "",
-        "Result: " + ("all checks passed" if not failures else "FAILED: " + "; ".join(failures)), ""]
-os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-with open(args.out, "w") as handle:
-    handle.write("\n".join(head + report))
+write_report(done=True)
 shutil.rmtree(ROOT, ignore_errors=True)
 say(f"wrote {args.out} in {time.time() - STARTED:.0f} s" + (f"; FAILED: {'; '.join(failures)}" if failures else ""))
 sys.exit(1 if failures else 0)
