@@ -74,7 +74,8 @@ RECORD_STAGES = [s for s in STAGES if s.writes_records]
 
 
 def _param(stage: Stage, *, generates: bool):
-    """`generates`: this check reaches generation (or training), so a model stage is slow here."""
+    """`generates`: this check loads the model (rectify and train load it before reading input) or generates,
+    so a model stage is slow here."""
     marks = [pytest.mark.slow] if generates and stage.model else []
     return pytest.param(stage, id=stage.name, marks=marks)
 
@@ -139,7 +140,7 @@ def test_hostile_input_exits_2_naming_file_and_line_and_keeps_the_old_output(sta
         assert time.monotonic() - started < 10
 
 
-@pytest.mark.parametrize("stage", [_param(s, generates=False) for s in STAGES])
+@pytest.mark.parametrize("stage", [_param(s, generates=s.name in ("rectify", "train")) for s in STAGES])
 def test_an_empty_file_is_no_records(stage, fixtures, tmp_path):
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     inp.write_bytes(b"")
