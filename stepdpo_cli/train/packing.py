@@ -233,7 +233,6 @@ def build_rows(examples: list[Example], plan: Plan, pad_id: int) -> RowBatch:
             # predictor of chosen token k: s+P-1+k; of rejected token k: s+P-1 (k=0), else s+P+C+k-1
             if C:
                 src = torch.arange(s + P - 1, s + P + C - 1)
-                off = 0
                 target_ids[i, :C] = torch.tensor(e.chosen, dtype=torch.long)
                 source_flat[i, :C] = b * N + src
                 segment[i, :C] = 1
@@ -267,11 +266,11 @@ def build_rows(examples: list[Example], plan: Plan, pad_id: int) -> RowBatch:
 
 
 def token_logps(logits: torch.Tensor, batch: RowBatch) -> torch.Tensor:
-    """(pairs, T) log-prob of each continuation token (0 where none), from the model's flattened kept logits.
-    Gathers the target's logit and subtracts logsumexp: no (tokens, vocab) log-softmax copy is kept."""
+    """(pairs, T) log-prob of each continuation token (0 where none), from the model's flattened kept logits:
+    the target's logit minus its position's logsumexp, so no (pairs, T, vocab) copy or log-softmax is made."""
     flat = logits.reshape(-1, logits.shape[-1])
-    picked = flat[batch.source_index].float()  # (pairs, T, V)
-    logp = picked.gather(-1, batch.target_ids[..., None]).squeeze(-1) - picked.logsumexp(-1)
+    lse = flat.float().logsumexp(-1)
+    logp = flat[batch.source_index, batch.target_ids].float() - lse[batch.source_index]
     return logp * (batch.segment > 0)
 
 
@@ -280,10 +279,6 @@ def forward(model, examples: list[Example], plan: Plan, pad_id: int, device) -> 
     batch = build_rows(examples, plan, pad_id).to(device)
     logits = model(**batch.model_inputs()).logits
     return batch, token_logps(logits, batch)
-
-
-def padding_share(batch_tokens: int, real_tokens: int) -> float:
-    return 1.0 - real_tokens / max(batch_tokens, 1)
 
 
 # ---------------------------------------------------------------------------------------------- attention
