@@ -289,6 +289,8 @@ pk = torch.stack([packed_c.float().cpu(), packed_r.float().cpu()], dim=1)
 diff = (pk - sep).abs()
 per_token = diff / torch.tensor([[len(e.chosen), len(e.rejected)] for e in sample])
 tolerance = 0.02 if CUDA else 1e-4  # nats per token: bf16 logits differ by ~1e-2 between kernels/shapes
+
+
 def packed_rows_check() -> list[str]:
     """Padding-free rows (--max-tokens-per-batch, train/packing.py) vs the separate forwards above: each
     attention kernel the device offers (FlexAttention BlockMask on CUDA, per-pair SDPA), then one timed
