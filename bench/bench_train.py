@@ -126,8 +126,10 @@ def run_stepdpo(args, packed: bool) -> dict:
                          objective="step-dpo", lr=5e-6, epochs=args.epochs, batch_size=args.batch_size,
                          template="raw", max_length=args.max_length, seed=0,
                          max_tokens_per_batch=args.max_tokens if packed else 0)
+    cpu = time.process_time()
     summary = train(config)
-    return {"seconds": summary["seconds"], "loss": summary.get("loss")}  # reference pass + steps, like TRL's
+    return {"seconds": summary["seconds"], "loss": summary.get("loss"),  # reference pass + steps, like TRL's
+            "train_cpu_s": time.process_time() - cpu}
 
 
 def run_trl(args, precompute: bool) -> dict:
@@ -150,11 +152,11 @@ def run_trl(args, precompute: bool) -> dict:
                        report_to="none", save_strategy="no", logging_steps=1000, lr_scheduler_type="cosine",
                        warmup_steps=0.1, seed=0, dataloader_num_workers=0, disable_tqdm=True)
     trainer = DPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
-    t0 = time.perf_counter()
+    t0, cpu = time.perf_counter(), time.process_time()
     out = trainer.train()
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu
     trainer.save_model(os.path.join(args.root, f"trl_{precompute}", "final"))  # stepdpo saves too
-    return {"seconds": seconds, "loss": out.training_loss}
+    return {"seconds": seconds, "loss": out.training_loss, "train_cpu_s": cpu}
 
 
 def worker(args) -> None:
@@ -172,15 +174,16 @@ def run_contender(name: str, args, root: str, data: str, model: str) -> dict | N
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--root", root, "--data", data,
            "--model", model, "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
            "--max-tokens", str(args.max_tokens), "--max-length", str(args.max_length)]
-    t0 = time.perf_counter()
+    t0, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
+    wall, after = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
     line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
     if proc.returncode or not line:
         print(f"{name}: FAILED\n{proc.stderr[-3000:]}", flush=True)
         return None
     result = json.loads(line[-1][7:])
     result["process_s"] = wall
+    result["process_cpu_s"] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     return result
 
 
@@ -209,7 +212,8 @@ def throughput(args, steps: tuple[int, int], pairs: int, label: str) -> dict:
             result["padding"] = shares.get(name, float("nan"))
             results[name] = result
             print(f"  {name:15s} {result['pairs_per_s']:7.2f} pairs/s {result['tokens_per_s']:8.0f} tok/s  "
-                  f"train {result['seconds']:6.1f} s  process {result['process_s']:6.1f} s  "
+                  f"train {result['seconds']:6.1f} s ({result['train_cpu_s']:6.1f} CPU s)  process "
+                  f"{result['process_s']:6.1f} s ({result['process_cpu_s']:6.1f} CPU s)  "
                   f"peak RSS {result['peak_rss_mb']:6.0f} MB  padding {100 * result['padding']:5.1f}%  "
                   f"loss {result['loss']:.4f}", flush=True)
         base = results.get("trl-precompute")
@@ -217,7 +221,9 @@ def throughput(args, steps: tuple[int, int], pairs: int, label: str) -> dict:
             if base and name in results:
                 ours = results[name]
                 print(f"  {name} / trl-precompute: {ours['pairs_per_s'] / base['pairs_per_s']:.2f}x pairs/s (train), "
-                      f"{base['process_s'] / ours['process_s']:.2f}x whole process, "
+                      f"{base['process_s'] / ours['process_s']:.2f}x whole process; in CPU seconds (steadier on a "
+                      f"shared machine): {base['train_cpu_s'] / ours['train_cpu_s']:.2f}x train, "
+                      f"{base['process_cpu_s'] / ours['process_cpu_s']:.2f}x whole process; "
                       f"{ours['peak_rss_mb'] / base['peak_rss_mb']:.2f}x peak RSS", flush=True)
         print(f"  (loss: stepdpo = last step's, TRL = mean over training; load after {os.getloadavg()[0]:.2f})")
         return results
