@@ -62,14 +62,6 @@ def full_step_logps(total: torch.Tensor, weighted: torch.Tensor) -> torch.Tensor
     return total.detach() + (weighted - weighted.detach())
 
 
-def weighted_step_logps(per_step: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
-    """(B,) sum_i w_i * logp(step_i); `weights[b]` has one weight per step of row b."""
-    out = []
-    for b, w in enumerate(weights):
-        out.append((per_step[b, : len(w)] * w.to(per_step)).sum())
-    return torch.stack(out)
-
-
 def preference_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
                     ref_rejected: torch.Tensor, *, beta: float, loss: str = "sigmoid",
                     label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
