@@ -473,6 +473,7 @@ def localize(
             extra["concurrency"] = concurrency
         if kind == "vllm":
             extra["dtype"] = dtype
+        extra.update(_backend_options(backend_option))  # the user's --backend-option wins, as for the policy
         check_local_model(kind, parse_model_spec(judge, backend).model, device, option="--judge")
         options = {"backend": load_backend(judge, backend, **extra), "spec": judge, "prompt_template": prompt,
                    "prompt_name": judge_prompt or "default", "neutral_is_error": neutral_is_error,

@@ -264,7 +264,7 @@ def _too_costly(text: str) -> bool:
 def _big_power_in_exponent(text: str) -> bool:
     """An exponent holding a power of 100 or more, at any brace depth: 2^{\frac{1}{2^{1000}}}."""
     for start in (m.end() for m in _EXPONENT_GROUP.finditer(text)):
-        depth = 1
+        depth, end = 1, len(text)  # an unclosed group (a cut-off completion) runs to the end
         for end in range(start, len(text)):
             depth += {"{": 1, "}": -1}.get(text[end], 0)
             if depth == 0:

@@ -80,14 +80,18 @@ def run_data_parallel(argv: list[str], *, workers: int, records: Iterable[dict],
         raise InputError("--data-parallel needs -o FILE (workers write beside it; the merge resumes)",
                          field="--data-parallel")
     root = work_dir(output)
+    groups = device_groups(workers, tensor_parallel_size)  # before anything is removed: it can refuse
     if not resume and os.path.isdir(root):
         shutil.rmtree(root)  # a fresh run starts fresh, like -o without --resume
     os.makedirs(root, exist_ok=True)
-    groups = device_groups(workers, tensor_parallel_size)
 
     done: set[str] = set()
-    if resume and os.path.exists(output):  # inputs the merged output already has are not generated again
-        done = {str(r.get("id")) for r in iter_jsonl(output, skip_invalid=True, unique_ids=False)}
+    if resume:  # inputs the merged output already has are not generated again
+        # The writer's own repair (adopt a .partial, cut a torn line and, with group_key, the last input's
+        # records) decides what is done, so the shards and the merge agree on it.
+        probe = RecordWriter(output, resume=True, group_key=group_key)
+        done = set(probe.done_ids)
+        probe.close()
     order: list[dict] = []
     handles = [open(os.path.join(root, f"in-{k}.jsonl.tmp"), "wb") for k in range(workers)]
     try:
@@ -130,18 +134,18 @@ def run_data_parallel(argv: list[str], *, workers: int, records: Iterable[dict],
         log.warn(f"data-parallel: {len(failed)} worker(s) failed; their finished records are kept in {root} "
                  "(rerun with --resume)")
         raise SystemExit(code)
-    return _merge(root, workers, order, output, resume, origin, done_filter, group_key)
+    return _merge(root, workers, order, output, resume, origin, done_filter)
 
 
 def _merge(root: str, workers: int, order: list[dict], output: str, resume: bool, origin: Callable[[dict], Any],
-           done_filter: Callable[[dict, set[str]], bool], group_key: Callable[[dict], Any] | None) -> int:
+           done_filter: Callable[[dict, set[str]], bool]) -> int:
     produced: dict[str, list[dict]] = {}
     for k in range(workers):
         path = os.path.join(root, f"out-{k}.jsonl")
         if os.path.exists(path):
             for record in iter_jsonl(path, stats=ReadStats(), unique_ids=False):
                 produced.setdefault(str(origin(record)), []).append(record)
-    writer = RecordWriter(output, resume=resume, group_key=group_key)
+    writer = RecordWriter(output, resume=resume)  # repaired by the probe above: no second group cut
     written = 0
     try:
         for item in order:

@@ -309,3 +309,10 @@ def test_non_string_and_odd_inputs_never_raise():
     assert answers_match("5", [None, "5"]) is True  # type: ignore[list-item]
     assert answers_match("\\frac{1}{0}", "1") is False
     assert extract_answer(None) is None  # type: ignore[arg-type]
+
+
+def test_a_completion_cut_off_inside_an_exponent_is_graded_not_crashed():
+    """max_tokens can end a completion at `^{`: grading returns a verdict instead of raising."""
+    for completion in ("The answer is 2^{", "x^{2} + 2^{", "\\boxed{2^{"):
+        prediction, source, correct = grade_answer(completion, "5")
+        assert correct is False

@@ -32,6 +32,10 @@ def test_two_hf_workers_write_the_records_of_one_in_input_order(tiny_model, tmp_
     assert (tmp_path / "two.jsonl").read_bytes() == expected
     assert [json.loads(line)["id"] for line in expected.splitlines()][:4] == ["q0/s0", "q0/s1", "q1/s0", "q1/s1"]
     assert not os.path.exists(work_dir(str(tmp_path / "two.jsonl")))  # worker files removed after the merge
+    # --resume on a finished output redoes its last problem (it may have been torn) and loses nothing.
+    again = run_cli(*args, "--data-parallel", "2", "-o", str(tmp_path / "two.jsonl"), "--resume", env=ENV)
+    assert again.returncode == 0, again.stderr.decode()[-2000:]
+    assert (tmp_path / "two.jsonl").read_bytes() == expected
 
 
 @pytest.mark.slow
