@@ -17,6 +17,8 @@ from typing import Any, Iterable, Sequence
 
 import orjson
 
+from .stages.evaluate import natural_key
+
 KINDS = ("pairs", "localized", "eval", "metrics", "records")
 PAGE_SIZE = 50
 # The metric curves drawn for a training run: the paper's Figure 2 (reward accuracy, margin), then loss, lr.
@@ -132,7 +134,7 @@ def _filters(records: Sequence[dict], kind: str) -> dict:
             value = record.get(field)
             if value is not None and value != "":
                 seen.setdefault(str(value).lower() if isinstance(value, bool) else str(value), None)
-        return sorted(seen, key=_natural)
+        return sorted(seen, key=natural_key)
 
     if kind == "eval":
         return {"field": "correct", "label": "answers", "options": [["false", "wrong answers"], ["true", "right"],
@@ -140,10 +142,6 @@ def _filters(records: Sequence[dict], kind: str) -> dict:
     field = {"pairs": "dataset", "localized": "localize_status", "metrics": "_source"}.get(kind, "")
     options = values_of(field) if field else []
     return {"field": field, "label": field, "options": [["", "all"]] + [[v, v] for v in options]}
-
-
-def _natural(value: str) -> tuple:
-    return (0, int(value), "") if value.lstrip("-").isdigit() else (1, 0, value)
 
 
 # ---------------------------------------------------------------------------------------------- charts (SVG)

@@ -81,7 +81,7 @@ class EvalStats:
 
     def summary(self, n: int, **context: Any) -> dict:
         by: dict[str, dict[str, dict]] = {}
-        for (name, value), tally in sorted(self.groups.items(), key=lambda kv: (kv[0][0], _natural(kv[0][1]))):
+        for (name, value), tally in sorted(self.groups.items(), key=lambda kv: (kv[0][0], natural_key(kv[0][1]))):
             by.setdefault(name, {})[value] = tally.as_dict(n)
         return {**self.overall.as_dict(n), "by": by, **context, "tokens": self.tokens,
                 "tokens_per_s": self.tokens / self.generate_seconds if self.generate_seconds else 0.0,
@@ -89,13 +89,14 @@ class EvalStats:
 
     def table_rows(self, n: int) -> list[dict]:
         rows = [{"group": "all", **_row(self.overall.as_dict(n))}]
-        for (name, value), tally in sorted(self.groups.items(), key=lambda kv: (kv[0][0], _natural(kv[0][1]))):
+        for (name, value), tally in sorted(self.groups.items(), key=lambda kv: (kv[0][0], natural_key(kv[0][1]))):
             rows.append({"group": f"{name}={value}", **_row(tally.as_dict(n))})
         return rows
 
 
-def _natural(value: str) -> tuple:
-    return (0, int(value), "") if value.isdigit() else (1, 0, value)
+def natural_key(value: str) -> tuple:
+    """Sort key: integers ("Level" 2 before 10, -1 before 3) by value, then other strings."""
+    return (0, int(value), "") if value.lstrip("-").isdigit() else (1, 0, value)
 
 
 def _row(stats: dict) -> dict:
