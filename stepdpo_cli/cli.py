@@ -4,6 +4,7 @@ Each stage is a plain function over an iterator of records, importable without t
 """
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import sys
@@ -75,6 +76,7 @@ def run_records(
     source: Iterable[dict] | None = None,
     group_key: Callable[[dict], Any] | None = None,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    limit: int | None = None,
 ) -> tuple[ReadStats, RecordWriter]:
     """Read -> validate -> (skip done) -> stage -> write, flushing per record or per yielded group.
 
@@ -97,6 +99,8 @@ def run_records(
         records: Iterable[dict] = source if source is not None else iter_jsonl(
             input, skip_invalid=skip_invalid, stats=stats, validate=validate, log=log.warn,
             max_line_bytes=max_line_bytes)
+        if limit is not None:  # the first `limit` inputs, before done ones are skipped: resume covers the same set
+            records = itertools.islice(records, limit)
         if resume and writer.done_ids:
             done = writer.done_ids
             is_done = done_filter or (lambda record, ids: str(record.get("id")) in ids)
@@ -948,13 +952,12 @@ def eval_command(
     try:
         with log.progress("eval", total=limit) as advance:
             def stage(records: Iterable[dict]) -> Iterator[dict]:
-                if source is None and limit is not None:  # --dataset applies the limit itself
-                    records = itertools.islice(records, limit)
                 return generator.run(records, evaluate_records, params=params, seed=seed,
                                      grade_timeout=grade_timeout, stats=results, advance=advance)
 
             stats, _ = run_records(stage, input=input, output=output, resume=resume, skip_invalid=skip_invalid,
-                                   validate=validate_problem, source=source, max_line_bytes=max_line_bytes)
+                                   validate=validate_problem, source=source, max_line_bytes=max_line_bytes,
+                                   limit=limit)
     finally:
         generator.close()
     _print_eval_summary(results, n, model, generator, dataset, input, split, limit, stats, summary_path,

@@ -61,8 +61,12 @@ def test_eval_cli_summary_numbers_across_resume(tiny_model, scored_problems, tmp
     out, summary_path = tmp_path / "results.jsonl", tmp_path / "summary.json"
     args = ("eval", "--model", tiny_model, "-i", source, "-o", str(out), "--summary", str(summary_path),
             "--max-tokens", "24", "--template", "raw", "--temperature", "1.0", "--seed", "4")
-    first = run_cli(*args, "--limit", "15", env=ENV)  # then --resume finishes the rest
-    assert first.returncode == 0 and json.loads(summary_path.read_text())["count"] == 15
+    first = run_cli(*args, "--limit", "10", env=ENV)
+    assert first.returncode == 0 and json.loads(summary_path.read_text())["count"] == 10
+    # --limit counts inputs, not new work: resumed, the run covers the same first 15 an uninterrupted one would
+    more = run_cli(*args, "--limit", "15", "--resume", env=ENV)
+    assert more.returncode == 0 and json.loads(summary_path.read_text())["count"] == 15
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [r["id"] for r in rows[:15]]
     result = run_cli(*args, "--resume", env=ENV)
     assert result.returncode == 0, result.stderr.decode()[-2000:]
     records = [json.loads(line) for line in out.read_text().splitlines()]
