@@ -65,6 +65,8 @@ def extract(text: str, *, reference: bool = False) -> tuple[str | None, str | No
     answer, source = found
     if answer is None or len(answer) > MAX_ANSWER_CHARS:
         return None, "oversized" if source in ("boxed", "oversized") else None
+    if not reference and not balanced(answer):
+        return None, None  # cut off inside a group (max_tokens): `2^{` is no answer, not `2`
     answer = _clean(answer)
     return (answer, source) if answer else (None, None)
 

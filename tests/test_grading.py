@@ -316,3 +316,4 @@ def test_a_completion_cut_off_inside_an_exponent_is_graded_not_crashed():
     for completion in ("The answer is 2^{", "x^{2} + 2^{", "\\boxed{2^{"):
         prediction, source, correct = grade_answer(completion, "5")
         assert correct is False
+    assert grade_answer("The answer is 2^{", "2")[2] is False  # an unclosed group is no answer, not its base
