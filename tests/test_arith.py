@@ -120,6 +120,27 @@ def test_write_data_keeps_test_problems_out_of_training(tmp_path):
     assert all("completion" in r for r in sft)
 
 
+def test_data_cli_holds_out_val_and_excluded_problems(tmp_path):
+    """The study's data: a val split off the test set, and no problem the shipped model was trained on."""
+    from stepdpo_cli.tasks.arith import main
+
+    shipped = write_data(str(tmp_path / "shipped"), 0, ArithConfig(min_steps=3, max_steps=3), sft=4000, pool=0,
+                         test=0)
+    trained = {r["problem"] for r in iter_jsonl(shipped["sft"])}
+    assert main(["data", "--out-dir", str(tmp_path / "study"), "--seed", "0", "--sft", "0", "--pool", "300",
+                 "--test", "400", "--val", "200", "--min-steps", "3", "--max-steps", "3",
+                 "--exclude", shipped["sft"]]) == 0
+    splits = {name: {r["problem"] for r in iter_jsonl(str(tmp_path / "study" / f"{name}.jsonl"))}
+              for name in ("test", "val", "pool")}
+    assert [len(v) for v in splits.values()] == [400, 200, 300]
+    assert not splits["test"] & splits["val"] and not splits["val"] & splits["pool"]
+    assert not trained & (splits["test"] | splits["val"] | splits["pool"])
+    # Without --exclude the same seed draws some of those trained problems (so the test above can fail).
+    plain = write_data(str(tmp_path / "plain"), 0, ArithConfig(min_steps=3, max_steps=3), sft=0, pool=300, test=400,
+                       val=200)
+    assert trained & {r["problem"] for path in plain.values() for r in iter_jsonl(path)}
+
+
 def test_build_model_keeps_digits_as_single_tokens(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -81,6 +81,11 @@ def test_step_acceptance_keeps_verified_first_steps_whose_continuation_goes_wron
     info = by_step["rectify"]
     assert info["failed_verify"] + info["dropped_same"] > 0
     assert len(by_step["candidates"]) + info["failed_verify"] + info["dropped_same"] == 12
+    # verified / n: the share of samples whose first step is right, counted before --max-candidates cuts.
+    [capped], _ = _rectify([_localized(2)], policy=policy, n=12, verify_chosen=check_arith, accept="step",
+                           max_candidates=1)
+    assert capped["rectify"]["verified"] == info["verified"] == len(by_step["candidates"]) > 1
+    assert len(capped["candidates"]) == capped["rectify"]["kept"] == 1
     with pytest.raises(InputError, match="--verify-chosen"):
         _rectify([_localized(2)], accept="step")
     with pytest.raises(InputError, match="--accept"):

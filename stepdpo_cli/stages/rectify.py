@@ -145,6 +145,10 @@ def _attach_candidates(record: dict, record_seed: int, completions: list, graded
                            "finish_reason": completion.finish_reason})
     record["candidates"] = candidates
     info["kept"] = len(candidates)
+    if verify_chosen is not None:
+        # Before --max-candidates cuts the list: with --accept step, verified / n is the policy's probability
+        # mass on a right step at its first-error state.
+        info["verified"] = len(candidates)
 
 
 def _judge_candidates(records: list[dict], judge_check: Callable[[list[tuple]], list[bool]]) -> None:

@@ -16,6 +16,7 @@ Run `python -m stepdpo_cli.tasks.arith --help` to write problem / SFT files.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import re
 import sys
@@ -233,14 +234,19 @@ def _config_from(args: argparse.Namespace) -> ArithConfig:
                        min_start=args.min_start, max_value=args.max_value)
 
 
-def write_data(out_dir: str, seed: int, config: ArithConfig, *, sft: int, pool: int, test: int) -> dict[str, str]:
-    """Write test.jsonl, pool.jsonl and sft.jsonl; test first so neither pool nor SFT ever holds a test problem."""
+def write_data(out_dir: str, seed: int, config: ArithConfig, *, sft: int, pool: int, test: int, val: int = 0,
+               exclude: set[str] | frozenset[str] = frozenset()) -> dict[str, str]:
+    """Write test.jsonl, pool.jsonl, sft.jsonl (and val.jsonl when `val`); test first so no other split ever
+    holds a test problem. Problems in `exclude` (e.g. the shipped model's SFT rows) appear in no split."""
     import os
 
     os.makedirs(out_dir, exist_ok=True)
-    taken: set[str] = set()
+    taken: set[str] = set(exclude)
     paths = {}
-    for name, count, with_solution in (("test", test, False), ("pool", pool, False), ("sft", sft, True)):
+    splits = (("test", test, False), ("val", val, False), ("pool", pool, False), ("sft", sft, True))
+    for name, count, with_solution in splits:
+        if name == "val" and not val:
+            continue
         path = paths[name] = os.path.join(out_dir, f"{name}.jsonl")
         with open(path, "wb") as handle:
             for record in generate(count, seed, config, split=name, exclude=frozenset(taken),
@@ -295,6 +301,10 @@ def main(argv: list[str] | None = None) -> int:
     data.add_argument("--sft", type=int, default=20000, help="SFT rows (problem + completion).")
     data.add_argument("--pool", type=int, default=2000, help="Problems to sample preference data from.")
     data.add_argument("--test", type=int, default=1000, help="Held-out evaluation problems.")
+    data.add_argument("--val", type=int, default=0,
+                      help="Validation problems (val.jsonl), for choosing hyper-parameters off the test set.")
+    data.add_argument("--exclude", action="append", default=[], metavar="JSONL",
+                      help="Problems in this file (its `problem` fields) appear in no split; repeatable.")
     data.add_argument("--min-steps", type=int, default=ArithConfig.min_steps)
     data.add_argument("--max-steps", type=int, default=ArithConfig.max_steps)
     data.add_argument("--max-operand", type=int, default=ArithConfig.max_operand)
@@ -308,7 +318,12 @@ def main(argv: list[str] | None = None) -> int:
     model.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.command == "data":
-        paths = write_data(args.out_dir, args.seed, _config_from(args), sft=args.sft, pool=args.pool, test=args.test)
+        exclude = set()
+        for path in args.exclude:
+            with open(path, encoding="utf-8") as handle:
+                exclude.update(json.loads(line)["problem"] for line in handle if line.strip())
+        paths = write_data(args.out_dir, args.seed, _config_from(args), sft=args.sft, pool=args.pool, test=args.test,
+                           val=args.val, exclude=exclude)
         print("wrote " + ", ".join(paths.values()), file=sys.stderr)
     else:
         build_model(args.output, args.sft, layers=args.layers, hidden=args.hidden, seed=args.seed)
