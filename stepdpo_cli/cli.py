@@ -16,7 +16,7 @@ from typing_extensions import Annotated
 
 from . import log
 from .records import (DEFAULT_MAX_LINE_BYTES, InputError, ReadStats, RecordWriter, check_input, iter_jsonl,
-                      outcome_of, partial_path, refuse_overwriting_input)
+                      finished_records, outcome_of, refuse_overwriting_input)
 
 app = typer.Typer(
     name="stepdpo",
@@ -535,8 +535,13 @@ def score_localizer_command(
     from .scoring import gold_steps, report_rows, score_localizer
 
     log.set_quiet(quiet)
-    reference = gold_steps(iter_jsonl(gold)) if gold else None
-    report = score_localizer(iter_jsonl(input), reference)
+
+    def with_id(record: dict) -> dict:  # --gold matches records by id: one without is bad input, not a crash
+        if record.get("id") is None:
+            raise InputError("missing: records are matched to --gold by id", field="id")
+        return record
+    reference = gold_steps(iter_jsonl(gold, validate=with_id)) if gold else None
+    report = score_localizer(iter_jsonl(input, validate=with_id if gold else None), reference)
     if not report["records"]:
         raise InputError("no record to score" + (" (no id in common with --gold)" if gold else ""),
                          source=input or "<stdin>")
@@ -944,9 +949,8 @@ def eval_command(
         _print_eval_summary(results, n, model, generator, dataset, input, split, limit, stats, summary_path,
                             temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed, stop=stop)
         return
-    if resume and output and (os.path.exists(output) or os.path.exists(partial_path(output))):
-        earlier = partial_path(output) if os.path.exists(partial_path(output)) else output  # what resume adopts
-        for done in iter_jsonl(earlier, skip_invalid=True):  # the summary covers earlier runs' records too
+    if resume and output:
+        for done in finished_records(output):  # the summary covers earlier runs' records too
             if "correct" in done:
                 results.add(done)
     try:

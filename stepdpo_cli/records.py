@@ -225,6 +225,11 @@ class RecordWriter:
             self._raw = open(self.path, "ab", buffering=0)
         else:
             self._temp = partial_path(self.path)
+            if os.path.exists(self._temp) and os.path.getsize(self._temp) > 0:
+                # An earlier run that failed or was killed left its finished records here: a fresh run would
+                # truncate them. The user chooses: continue them, or delete the file.
+                raise InputError("holds the finished records of an earlier run that failed or was killed: pass "
+                                 "--resume to continue it, or delete it to start over", source=self._temp)
             self._raw = open(self._temp, "wb", buffering=0)
         self._size = self._raw.seek(0, os.SEEK_END)
         # mtime=0: the same records give the same bytes. Each record is sync-flushed, so a killed run's
@@ -295,9 +300,21 @@ def outcome_of(exc_type: Any) -> str:
     return "interrupted" if issubclass(exc_type, KeyboardInterrupt) else "failed"
 
 
-def _complete_lines(path: str) -> Iterator[tuple[int, bytes]]:
+def finished_records(output: str) -> Iterator[dict]:
+    """The records `--resume` will keep from `output`: its `.partial` if an earlier run left one, else `output`,
+    read as the writer reads it (gzip by the output's name, up to the last whole line). Reads, never repairs."""
+    path = partial_path(output) if os.path.exists(partial_path(output)) else output
+    if not os.path.exists(path):
+        return
+    for _, line in _complete_lines(path, gzipped=output.endswith(".gz")):
+        record = orjson.loads(line)
+        if isinstance(record, dict):
+            yield record
+
+
+def _complete_lines(path: str, gzipped: bool | None = None) -> Iterator[tuple[int, bytes]]:
     """(end offset, line) for each whole line; stops at a torn or unparsable line (or a truncated gzip)."""
-    opener = gzip.open if path.endswith(".gz") else open
+    opener = gzip.open if (path.endswith(".gz") if gzipped is None else gzipped) else open
     offset = 0
     with opener(path, "rb") as handle:
         try:

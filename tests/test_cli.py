@@ -151,6 +151,11 @@ def test_output_is_flushed_per_record_so_a_killed_run_loses_nothing_finished(tmp
         proc.wait()
     assert [r["id"] for r in read_records(out)] == ["r0", "r1", "r2"]
     assert out.read_bytes().endswith(b"\n")
+    kept = out.read_bytes()
+    # A fresh run (no --resume) would truncate them: refused, the .partial untouched.
+    fresh = run_cli("grade", "-o", str(tmp_path / "graded.jsonl"), input=jsonl(*GOOD))
+    assert_one_line_error(fresh, f"{out}: holds the finished records of an earlier run")
+    assert out.read_bytes() == kept and not (tmp_path / "graded.jsonl").exists()
     resumed = run_cli("grade", "-o", str(tmp_path / "graded.jsonl"), "--resume", input=jsonl(*GOOD))
     assert resumed.returncode == 0 and "left by an interrupted run" in resumed.stderr.decode()
     assert [r["id"] for r in read_records(tmp_path / "graded.jsonl")] == [r["id"] for r in GOOD]

@@ -2,6 +2,7 @@
 pass@k, --dataset with a local GSM8K-shaped file, the atomic summary file."""
 from __future__ import annotations
 
+import gzip
 import json
 
 import pytest
@@ -83,6 +84,26 @@ def test_eval_cli_summary_numbers_across_resume(tiny_model, scored_problems, tmp
     assert summary["settings"]["temperature"] == 1.0 and summary["wall_seconds"] > 0
     err = result.stderr.decode()
     assert "level=1" in err and f"accuracy={right / total:.4g}" in err
+
+
+def test_eval_resume_summary_counts_a_killed_gz_runs_records(tiny_model, scored_problems, tmp_path):
+    """A killed run of `-o x.jsonl.gz` leaves x.jsonl.gz.partial, gzip with no trailer: --resume's summary
+    still counts its records (they are read as gzip, up to the last whole line)."""
+    rows, chosen = scored_problems
+    source = write_jsonl(tmp_path / "test.jsonl", rows)
+    out, summary_path = tmp_path / "results.jsonl.gz", tmp_path / "summary.json"
+    args = ("eval", "--model", tiny_model, "-i", source, "-o", str(out), "--summary", str(summary_path),
+            "--max-tokens", "24", "--template", "raw", "--temperature", "1.0", "--seed", "4")
+    assert run_cli(*args, "--limit", "10", env=ENV).returncode == 0
+    partial = tmp_path / "results.jsonl.gz.partial"
+    partial.write_bytes(out.read_bytes()[:-8])  # as a kill leaves it: every record flushed, no gzip trailer
+    out.unlink()
+    result = run_cli(*args, "--resume", env=ENV)
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    summary = json.loads(summary_path.read_text())
+    assert (summary["count"], summary["correct"]) == (len(rows), len(chosen))
+    with gzip.open(out, "rt") as handle:
+        assert [json.loads(line)["id"] for line in handle] == [r["id"] for r in rows]
 
 
 def test_majority_pass_at_k_and_mean_are_consistent(backend, scored_problems):

@@ -110,3 +110,10 @@ def test_cli_reports_labels_and_gold_file(tmp_path):
     assert report["records"] == 8 and report["exact_step_accuracy"] == 1.0
     proc = run_cli("score-localizer", "-i", str(localized), "--gold", str(tmp_path / "missing.jsonl"))
     assert proc.returncode == 2 and b"no such file" in proc.stderr
+    # --gold matches by id: a gold record without one is bad input, named by file and line (was a KeyError)
+    no_id = tmp_path / "no_id.jsonl"
+    no_id.write_bytes(b"".join(orjson.dumps({k: v for k, v in r.items() if k != "id"}) + b"\n"
+                               for r in labelled_records()))
+    proc = run_cli("score-localizer", "-i", str(localized), "--gold", str(no_id))
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and err.count("\n") == 1 and f"{no_id}:1: field 'id'" in err, err
