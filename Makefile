@@ -38,12 +38,14 @@ install: $(VENV)/.stamp-install
 install-dev: $(VENV)/.stamp-dev
 
 # The default suite, the vLLM tier (its own venv, built by scripts/test-vllm.sh), then the small demo with its
-# check (every stage wrote records, every trained model loads and generates).
+# check (every stage wrote records, every trained model loads and generates) and the study's protocol in
+# miniature with its check (every variant, seed and regime evaluated; docs/study.md's sections written).
 test: test-default test-vllm test-browser test-demo
 
 test-demo: install
-	rm -rf examples/arith/work-quick
+	rm -rf examples/arith/work-quick examples/arith/study-quick
 	$(MAKE) -C examples/arith demo-quick
+	$(MAKE) -C examples/arith study-quick
 
 test-default: install-dev
 	$(PY) -m pytest --durations=10 $(PYTEST_ARGS)

@@ -55,7 +55,7 @@ MAX_CANDIDATES ?= 2
 GEN        = --max-tokens $(MAX_TOKENS) --batch-size 128
 # The data pipeline's knobs, passed to the demo's Makefile (one copy of sample -> localize -> rectify -> pair).
 PIPELINE   = N_SAMPLE=$(N_SAMPLE) N_RECTIFY=$(N_RECTIFY) MAX_CANDIDATES=$(MAX_CANDIDATES) MAX_TOKENS=$(MAX_TOKENS) \
-             TEMPERATURE=1.0 ACCEPT=step PY=$(abspath $(PY))
+             TEMPERATURE=1.0 ACCEPT=step PY=$(abspath $(PY)) SHIPPED_ROWS=$(STUDY)/shipped-exact/sft.jsonl
 
 export OMP_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM = false
@@ -79,21 +79,29 @@ evaluate  = $(TIMED) $(1)-eval-$(2)-$(4) $(STEPDPO) eval --model $(3) \
   --summary $(STUDY)/$(1)/eval/$(2)-$(4).json $(if $(filter sampled,$(4)),--n $(K) --temperature $(EVAL_T) \
   --top-p 1.0) --seed 0 -q $(GEN)
 
-.PHONY: study study-data study-tune study-models study-round2 study-report study-quick
+.PHONY: study study-data study-tune study-models study-round2 study-report study-quick study-check
 .DELETE_ON_ERROR:
 
-study: study-report
+study: study-check
 
 study-quick:  # the whole protocol in miniature, for tests: small splits, one LR x beta, 2 seeds, few steps
-	$(MAKE) -f study.mk study STUDY=study-quick OUT=study-quick/study.md TEST=60 VAL=40 full_POOL=60 reach_POOL=80 \
-	  SEEDS="1 2" LRS=2e-5 BETAS=0.1 STEPS=4 BATCH=4 K=1 N_RECTIFY=4 SFT_ROWS=$(SFT_ROWS)
+	$(MAKE) -f study.mk study study-check STUDY=study-quick OUT=study-quick/study.md TEST=60 VAL=40 full_POOL=60 \
+	  reach_POOL=80 SEEDS="1 2" LRS=2e-5 BETAS=0.1 STEPS=4 BATCH=4 K=1 N_RECTIFY=4 SFT_ROWS=$(SFT_ROWS)
+
+study-check: study-report
+	$(PY) study.py check --study $(STUDY) --regimes "$(REGIMES)" --seeds "$(SEEDS)" --test $(TEST) --out $(OUT)
 
 $(STUDY)/shipped/sft.jsonl:
 	$(PY) -m stepdpo_cli.tasks.arith data --out-dir $(STUDY)/shipped --seed 0 --sft $(SFT_ROWS) --pool 0 --test 0
+# The rows exactly as make_sft.sh drew them (its data call keeps the default seed-0 test and pool out, which the
+# file above does not, so the two differ in ~0.3% of rows); the report counts every split's overlap with it.
+$(STUDY)/shipped-exact/sft.jsonl:
+	$(PY) -m stepdpo_cli.tasks.arith data --out-dir $(STUDY)/shipped-exact --seed 0 --sft $(SFT_ROWS)
 
 # ------------------------------------------------------------------------------------------------ per regime
 define regime
-$(STUDY)/$(1)/data/test.jsonl $(STUDY)/$(1)/data/val.jsonl $(STUDY)/$(1)/data/pool.jsonl &: $(STUDY)/shipped/sft.jsonl
+$(STUDY)/$(1)/data/test.jsonl $(STUDY)/$(1)/data/val.jsonl $(STUDY)/$(1)/data/pool.jsonl &: $(STUDY)/shipped/sft.jsonl \
+    | $(STUDY)/shipped-exact/sft.jsonl
 	$(PY) -m stepdpo_cli.tasks.arith data --out-dir $(STUDY)/$(1)/data --seed $(DATA_SEED) --sft 0 \
 	  --pool $($(1)_POOL) --test $(TEST) --val $(VAL) $($(1)_RANGE) --exclude $$<
 
@@ -170,8 +178,9 @@ study-tune: $(foreach r,$(REGIMES),$(r)-tune)
 study-models: $(foreach r,$(REGIMES),$(r)-models)
 study-round2: $(foreach r,$(REGIMES),$(r)-round2)
 
-study-report: study-models study-round2
+study-report: study-tune study-models study-round2 $(STUDY)/shipped-exact/sft.jsonl
 	$(PY) study.py report --study $(STUDY) --regimes "$(REGIMES)" --out $(OUT) --seeds "$(SEEDS)" \
+	  --sft-rows $(STUDY)/shipped-exact/sft.jsonl \
 	  --settings "DATA_SEED=$(DATA_SEED) R2_SEED=$(R2_SEED) TEST=$(TEST) VAL=$(VAL) full_POOL=$(full_POOL) \
 	  reach_POOL=$(reach_POOL) SEEDS=$(SEEDS) LRS=$(LRS) BETAS=$(BETAS) CONTROL_LRS=$(CONTROL_LRS) NLL=$(NLL) \
 	  STEPS=$(STEPS) BATCH=$(BATCH) K=$(K) EVAL_T=$(EVAL_T) N_SAMPLE=$(N_SAMPLE) N_RECTIFY=$(N_RECTIFY) \
