@@ -56,7 +56,7 @@ def test_compare_pairs_problems_and_averages_seeds_per_problem(tmp_path):
     _eval(regime, "stepdpo_s2", "sampled", [1.0] * 8, field="mean_correct")
     s = study.compare(str(tmp_path), "r", "stepdpo", "sft", "sampled", ["1", "2"])
     assert s["mean"] == pytest.approx(0.5) and s["half"] == 0
-    assert study.verdict(s, "stepdpo", "sft").startswith("stepdpo is better")
+    assert study.verdict(s, "stepdpo", "sft").startswith("Step-DPO is better")
 
 
 def test_right_step_mass_reads_rectify_verified_over_n():

@@ -121,7 +121,12 @@ def fmt_seeds(d: dict) -> str:
     return ", ".join(f"{100 * x:+.1f}" for x in d.get("per_seed", [])) or "-"
 
 
+SHORT = {"sft": "SFT", "stepdpo": "Step-DPO", "dpo": "DPO", "ood": "OOD", "nll": "Step-DPO + NLL",
+         "control": "the control", "r2": "round 2"}
+
+
 def verdict(d: dict, a: str, b: str) -> str:
+    a = SHORT.get(a, a)
     if d.get("n", 0) < 2:
         return "not measured"
     lo, hi = d["mean"] - d["half"], d["mean"] + d["half"]
@@ -194,36 +199,78 @@ def plot(study: str, regimes: list[str], seeds: list[str], png: str) -> bool:
     return True
 
 
-def meaning(found: dict[str, dict[str, dict]]) -> list[str]:
-    """What the answers mean for a real run, stated from the CIs (not written after looking at them)."""
+def meaning(found: dict[str, dict[str, dict]], masses: dict[str, dict]) -> list[str]:
+    """What the answers mean, stated from the CIs by fixed rules (written before the results were seen)."""
     def sig(regime: str, key: str) -> int:
         d = found.get(regime, {}).get(key, {})
         if d.get("n", 0) < 2:
             return 0
         return 1 if d["mean"] - d["half"] > 0 else (-1 if d["mean"] + d["half"] < 0 else 0)
-    out = []
+
+    def move(regime: str, key: str) -> str:
+        d = found[regime].get(key, {})
+        word = {1: "up", -1: "down", 0: "no detectable change"}[sig(regime, key)]
+        return word if d.get("n", 0) < 2 else f"{word} ({100 * d['mean']:+.1f} ± {100 * d['half']:.1f})"
+
+    def both(regime: str, key: str) -> str:
+        return f"greedy {move(regime, key + ' greedy')}, sampled {move(regime, key + ' sampled')}"
+
+    def direction(regime: str, key: str) -> tuple[str, int]:
+        g, s = sig(regime, key + " greedy"), sig(regime, key + " sampled")
+        if g and g == s:
+            return "both", g
+        if g * s < 0:
+            return "mixed", 0
+        return ("one", g or s) if (g or s) else ("none", 0)
+
+    # (comparison, what "A better" means, what "A worse" means, the neutral phrase)
+    claims = [("stepdpo-control", "Step-DPO beat SFT on the same chosen steps: the preference term itself helps",
+               "SFT on the same chosen steps did better than Step-DPO: the supervised signal in the corrected "
+               "steps alone did more than the preference objective built around them",
+               "Step-DPO vs SFT on the same chosen steps"),
+              ("stepdpo-dpo", "Step-DPO beat whole-solution DPO on the same material",
+               "whole-solution DPO did better than Step-DPO", "Step-DPO vs whole-solution DPO"),
+              ("stepdpo-ood", "chosen steps in the model's own words beat the verifier's rewrites (the paper's "
+               "Table 4 direction)", "the verifier's rewrites did better than self-generated chosen steps",
+               "self-generated vs rewritten chosen steps"),
+              ("nll-stepdpo", "adding NLL on the chosen step helped", "adding NLL on the chosen step hurt",
+               "NLL on the chosen step"),
+              ("r2-stepdpo", "a second round from the Step-DPO model helped further", "a second round hurt",
+               "round 2 vs round 1")]
+    out, control_wins, sampled_only = [], False, False
     for regime in found:
-        gains = sig(regime, "stepdpo-sft")
-        over_dpo, over_control = sig(regime, "stepdpo-dpo"), sig(regime, "stepdpo-control")
-        if gains > 0 and over_control > 0:
-            text = ("Step-DPO improved greedy accuracy over SFT, and by more than SFT on the same chosen steps: "
-                    "the preference term itself, not only the extra supervised signal, moved the model.")
-        elif gains > 0:
-            text = ("Step-DPO improved greedy accuracy over SFT, but not detectably more than SFT on the same chosen "
-                    "steps: the gain may come from the corrected steps themselves rather than from the preference.")
-        elif gains < 0:
-            text = "Step-DPO lowered greedy accuracy below SFT at the validated settings."
-        else:
-            text = "Step-DPO did not move greedy accuracy detectably away from SFT."
-        text += (" It beat whole-solution DPO." if over_dpo > 0 else
-                 " Whole-solution DPO did better." if over_dpo < 0 else " It was not distinguishable from DPO.")
-        out.append(f"- **{regime}** ({REGIMES.get(regime, regime)}): {text}")
-    out.append("- For a real model: the method can only move probability mass that the policy already puts on the "
-               "right step. Before spending a run, measure that mass at the first-error states (the rectify stage's "
-               "`verified / n`, reported above): where it is near zero, as for a model past its capacity, "
-               "preference data built from the policy's own samples has little to teach. Compare against the "
-               "control and DPO on the same material, with paired CIs over enough problems (here 2,000 give about "
-               "+-0.5-1 point) before claiming a one-point effect like the paper's.")
+        parts = [f"Step-DPO vs SFT: {both(regime, 'stepdpo-sft')}."]
+        if sig(regime, "stepdpo-sft sampled") > 0 and sig(regime, "stepdpo-sft greedy") <= 0:
+            sampled_only = True
+            parts.append("It sharpened the sampling distribution without improving what greedy decoding picks.")
+        for key, better, worse, neutral in claims:
+            kind, sign = direction(regime, key)
+            if kind == "both":
+                parts.append(f"On both measures {better if sign > 0 else worse} ({both(regime, key)}).")
+                control_wins = control_wins or (key == "stepdpo-control" and sign < 0)
+            elif kind == "one":
+                parts.append(f"{neutral[0].upper() + neutral[1:]}: {both(regime, key)}; one measure only, weak "
+                             f"evidence that {better if sign > 0 else worse}.")
+            else:
+                parts.append(f"{neutral[0].upper() + neutral[1:]}: {both(regime, key)}"
+                             + (" (the measures disagree)." if kind == "mixed" else "."))
+        mass = masses.get(regime) or {}
+        if mass:
+            parts.append(f"Right-step mass at the first-error states: {100 * mass['mean']:.0f}% of samples on "
+                         f"average, some right sample at {100 * mass['any']:.0f}% of them.")
+        out.append(f"- **{regime}** ({REGIMES.get(regime, regime)}): " + " ".join(parts))
+    lessons = ["the method can only move probability mass the policy already puts on the right step: measure it "
+               "at the first-error states before a run (rectify's `verified / n` with a step verifier, or the share "
+               "of rollouts from the prefix that recover)"]
+    if control_wins:
+        lessons.append("run the SFT-on-chosen-steps control: a Step-DPO gain over the SFT model does not by itself "
+                       "show that the preference term is what helps")
+    if sampled_only:
+        lessons.append("report sampled accuracy (and pass@k / majority) beside greedy: the effect can sit "
+                       "entirely in the sampling distribution")
+    lessons.append("compare variants on the same problems with paired CIs; a one-point effect like the paper's "
+                   "needs thousands of problems and several seeds to see")
+    out.append("- For someone running Step-DPO on a real model: " + "; ".join(lessons) + ".")
     return out
 
 
@@ -255,7 +302,8 @@ def report(study: str, regimes: list[str], seeds: list[str], out_path: str, sett
         for question, a, b in QUESTIONS:
             g = compare(study, regime, a, b, "greedy", seeds)
             s = compare(study, regime, a, b, "sampled", seeds)
-            found[regime][f"{a}-{b}"] = g
+            found[regime][f"{a}-{b} greedy"] = g
+            found[regime][f"{a}-{b} sampled"] = s
             answers.append((regime, question, a, b, g, s))
     out = ["# The miniature study: does Step-DPO beat SFT, DPO and SFT on the corrected steps?", "",
            f"Generated by `make -C examples/arith study` (`study.mk`, protocol committed in {commit} "
@@ -275,7 +323,16 @@ def report(study: str, regimes: list[str], seeds: list[str], out_path: str, sett
             out.append(f"- **{question}**: greedy, {verdict(g, a, b)}; seeds {fmt_seeds(g)}. "
                        f"Sampled (mean of K samples), {verdict(s, a, b)}; seeds {fmt_seeds(s)}.")
         out.append("")
-    out += ["### What it means for a real model", "", *meaning(found), ""]
+    masses = {r: right_step_mass(read_jsonl(os.path.join(study, r, "rectified.jsonl"))) for r in regimes}
+    halves = sorted(100 * d["half"] for reg, _, _, _, g, _ in answers for d in (g,) if d.get("n", 0) >= 2)
+    if halves:
+        n_test = max(g["n"] for *_, g, _ in answers if g.get("n", 0) >= 2)
+        need = math.ceil(n_test * (halves[-1] / 0.8) ** 2 / 100) * 100
+        out += [f"Greedy CI half-widths over these comparisons: {halves[0]:.2f} to {halves[-1]:.2f} points on "
+                f"{n_test:,} problems; {sum(1 for h in halves if h <= 0.8)} of {len(halves)} are within 0.8 points "
+                f"(the widest would need about {need:,} problems). Comparisons against SFT are the widest: one "
+                "deterministic SFT model against three seeds' average.", ""]
+    out += ["### What it means", "", *meaning(found, masses), ""]
 
     out += ["## Protocol (declared in study.mk before the run)", "",
             "- Regimes: " + "; ".join(f"`{r}` = {REGIMES.get(r, r)}" for r in regimes) + ".",
