@@ -52,7 +52,8 @@ def _step(rng: random.Random, j: int) -> str:
 def make_fixture(root: str, pairs: int, context_steps: tuple[int, int] = (2, 2), seed: int = 0,
                  max_positions: int = 2048) -> tuple[str, str]:
     """`pairs` rows whose context holds a problem and k reasoning steps, k uniform in `context_steps`
-    (2: ~200-350 context tokens, with the tokenizer; each step adds ~90), and a tiny Qwen2 with a BPE tokenizer trained on them."""
+    (2: ~210 context tokens with the tokenizer trained on them, each step ~95 more; 3-4: 280-380, mean 330, and
+    435 unique tokens per pair, the shape of the issue's fixture: 451), and a tiny Qwen2 with that BPE tokenizer."""
     from stepdpo_cli.tiny import build_tiny_model
 
     rng = random.Random(seed)
@@ -311,7 +312,7 @@ def main() -> None:
     if args.memory:
         memory_scaling(args)
         return
-    cases = {"short": ((2, 2), args.pairs, "short context"),
+    cases = {"short": ((3, 4), args.pairs, "short context"),
              "long": ((16, 16), args.long_pairs, "long context"),
              "varying": ((2, 9), args.pairs, "contexts varying ~4x across pairs")}
     for case in args.cases.split(","):

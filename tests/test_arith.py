@@ -141,6 +141,21 @@ def test_data_cli_holds_out_val_and_excluded_problems(tmp_path):
     assert trained & {r["problem"] for path in plain.values() for r in iter_jsonl(path)}
 
 
+def test_data_cli_bad_exclude_file_is_one_line_exit_2(tmp_path, capsys):
+    from stepdpo_cli.tasks.arith import main
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"problem": "1 + 1"}\n{"problem": \n')
+    assert main(["data", "--out-dir", str(tmp_path / "out"), "--sft", "0", "--pool", "1", "--test", "1",
+                 "--exclude", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{bad}:2" in err, err
+    bad.write_text('{"question": "1 + 1"}\n')
+    assert main(["data", "--out-dir", str(tmp_path / "out"), "--exclude", str(bad)]) == 2
+    assert f"{bad}:1: field 'problem'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_build_model_keeps_digits_as_single_tokens(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

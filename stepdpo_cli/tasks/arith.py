@@ -16,14 +16,13 @@ Run `python -m stepdpo_cli.tasks.arith --help` to write problem / SFT files.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import re
 import sys
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from ..records import dumps
+from ..records import InputError, dumps, iter_jsonl
 from ..steps import join_steps, split_steps
 
 DATASET = "arith"
@@ -291,6 +290,12 @@ def build_model(path: str, sft_path: str, *, layers: int = 4, hidden: int = 128,
                             intermediate=4 * hidden, max_positions=512, seed=seed)
 
 
+def _problem_text(record: dict) -> dict:
+    if not isinstance(record.get("problem"), str):
+        raise InputError("missing or not a string", field="problem")
+    return record
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stepdpo_cli.tasks.arith",
                                      description="The demo's arithmetic task: write data files, build the model.")
@@ -318,10 +323,12 @@ def main(argv: list[str] | None = None) -> int:
     model.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.command == "data":
-        exclude = set()
-        for path in args.exclude:
-            with open(path, encoding="utf-8") as handle:
-                exclude.update(json.loads(line)["problem"] for line in handle if line.strip())
+        try:
+            exclude = {record["problem"] for path in args.exclude
+                       for record in iter_jsonl(path, validate=_problem_text, unique_ids=False)}
+        except (InputError, OSError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         paths = write_data(args.out_dir, args.seed, _config_from(args), sft=args.sft, pool=args.pool, test=args.test,
                            val=args.val, exclude=exclude)
         print("wrote " + ", ".join(paths.values()), file=sys.stderr)
