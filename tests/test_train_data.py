@@ -175,3 +175,26 @@ def test_step_text_as_given_scores_chosen_exactly_as_written(tokenizer):
     assert given.prefix == default.prefix and given.key != default.key  # different text: its own reference
     with pytest.raises(InputError, match="step-text"):
         encode_rows([MATH_STEP_DPO_ROW], tokenizer, "raw", "step-dpo", 1024, step_text="official")
+
+
+LOGPS_MEMORY_PROBE = """
+import resource, torch
+from stepdpo_cli.train.data import target_logps
+B, K, V = 4, 300, 16384  # 75 MiB of fp32 logits
+logits = torch.randn(B, K, V, requires_grad=True)
+positions = torch.randint(0, B * K, (B, K - 1))
+targets = torch.randint(0, V, (B, K - 1))
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+target_logps(logits, positions, targets).sum().backward()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024 / logits.numel() / 4)
+"""
+
+
+def test_token_logps_memory_is_bounded_by_three_logit_copies():
+    """Forward + backward of the per-token log-probs: the log-softmax, its gradient and the logits' gradient
+    (3x the logits) and no more; at a 152K vocabulary each copy is GBs. Logit minus logsumexp measured 4x."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", LOGPS_MEMORY_PROBE], capture_output=True, text=True, check=True)
+    assert float(out.stdout.split()[-1]) < 3.5, out.stdout

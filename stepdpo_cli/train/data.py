@@ -302,11 +302,18 @@ def pack(examples: list[Example], pad_id: int, dtype: torch.dtype = torch.float3
                        num_tokens=sum(lengths))
 
 
+def target_logps(logits: torch.Tensor, positions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) at each row of `positions` into the flattened (N, V) logits, in fp32. One log-softmax
+    over the rows, then a gather: measured peak above the logits (8 x 600 x 32K), 3x their fp32 size
+    (6x for bf16 logits); logit minus logsumexp took 4x (9x)."""
+    flat = logits.reshape(-1, logits.shape[-1])
+    return flat.float().log_softmax(-1)[positions, targets]
+
+
 def token_logps(logits: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
     """(B, T) log-prob of each continuation token (0 at padding), from kept logits (B, keep, V)."""
-    logps = logits.float().log_softmax(-1)
-    rows = torch.arange(logps.shape[0], device=logps.device)[:, None]
-    out = logps[rows, batch.source_index, batch.target_ids]
+    rows = torch.arange(logits.shape[0], device=logits.device)[:, None]
+    out = target_logps(logits, rows * logits.shape[1] + batch.source_index, batch.target_ids)
     return out * (batch.segment > 0)
 
 

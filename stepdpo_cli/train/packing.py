@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import log
-from .data import Example
+from .data import Example, target_logps
 
 ATTENTION = "stepdpo_packed"
 LAYOUT_KWARG = "stepdpo_layout"
@@ -266,12 +266,8 @@ def build_rows(examples: list[Example], plan: Plan, pad_id: int) -> RowBatch:
 
 
 def token_logps(logits: torch.Tensor, batch: RowBatch) -> torch.Tensor:
-    """(pairs, T) log-prob of each continuation token (0 where none), from the model's flattened kept logits:
-    the target's logit minus its position's logsumexp, so no (pairs, T, vocab) copy or log-softmax is made."""
-    flat = logits.reshape(-1, logits.shape[-1])
-    lse = flat.float().logsumexp(-1)
-    logp = flat[batch.source_index, batch.target_ids].float() - lse[batch.source_index]
-    return logp * (batch.segment > 0)
+    """(pairs, T) log-prob of each continuation token (0 where none), from the model's flattened kept logits."""
+    return target_logps(logits, batch.source_index, batch.target_ids) * (batch.segment > 0)
 
 
 def forward(model, examples: list[Example], plan: Plan, pad_id: int, device) -> tuple[RowBatch, torch.Tensor]:
