@@ -19,12 +19,18 @@ TRL appends EOS to chosen and rejected (Step-DPO steps must not end in EOS): one
     python bench/bench_train.py --varying            # padding share on contexts that vary 4x (no training)
     python bench/bench_train.py --cases varying      # ... and the contenders trained on it
 
-Measured here (2 shared cores, 1 thread each, load 1.5-3; 2026-12-01), whole process vs TRL with precompute,
-wall (= CPU seconds within 5%), peak RSS vs TRL's, padding share:
-  short, 256 pairs, 311 tokens/pair:      dense 1.96x, 0.61x;  packed 2.12x, 0.64x (1.1% -> 0%)
-  long, 32 pairs, 1582 tokens/pair:       dense 2.00x, 0.51x;  packed 2.61x, 0.26x
-  contexts varying 4x, 256 pairs:         dense 1.96x, 0.55x;  packed 3.42x, 0.36x (30.0% -> 0%; TRL 31.9%)
-  --memory, 16 pairs: packed peak RSS at context 4141 / at 1021 = 1.04x (dense: 2.59x, 4.1 GB vs 1.1 GB)
+Measured here on a quiet machine (2 cores, load ~1; 2026-12-01, after glibc's freed-memory setting in train),
+whole process vs TRL with precompute, peak RSS vs TRL's, padding share; 1 thread per contender unless said:
+  short, 256 pairs, context 280-380 (mean 330), 435 unique tokens/pair (issue 14's fixture: 451):
+      dense 1.94x, 0.66x;  packed 2.27x, 0.63x (9.9% -> 0%; TRL 10.9%)   [2 threads: dense 1.83x, packed 2.28x]
+      (packed 71.4 s = 62.4 s train + 9 s imports/load/save; TRL 161.8 s = 115.7 s train + 46 s)
+  long, 64 pairs, 1583 tokens/pair:         dense 2.01x, 0.51x;  packed 2.70x, 0.28x
+  contexts varying 4x, 256 pairs:           dense 2.26x, 0.56x;  packed 3.64x, 0.39x (30.0% -> 0%; TRL 31.9%)
+  --memory, 16 pairs: packed peak RSS at context 4141 / at 1021 = 0.98x (dense: 2.34x, 4.1 GB vs 1.8 GB)
+The short case is compute-bound: a token costs the packed forward + backward what it costs TRL's (64 pairs of
+the 2-step fixture, one forward + backward per 8: packed 0.41 ms, TRL's padded chosen/rejected batch 0.70 ms per
+unique token, 1.71x, where TRL computes 1.68x the tokens), so sharing the context bounds the train speed-up at
+TRL's tokens / ours (766 / 435 = 1.76x here); the rest of the whole-process ratio is TRL's start-up.
 """
 from __future__ import annotations
 
