@@ -5,6 +5,7 @@ Each stage is a plain function over an iterator of records, importable without t
 from __future__ import annotations
 
 import itertools
+import time
 import os
 import signal
 import sys
@@ -933,6 +934,8 @@ def eval_command(
                                  device=device, dtype=dtype, base_url=base_url, concurrency=concurrency)
     params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=tuple(stop or ()))
     results = EvalStats()
+    earlier = {str(r.get("id")) for r in finished_records(output)} if data_parallel > 1 and resume and output \
+        else set()
     workers_source = source if source is not None else itertools.islice(iter_jsonl(
         input, skip_invalid=skip_invalid, validate=validate_problem, log=log.warn, max_line_bytes=max_line_bytes),
         limit)
@@ -944,8 +947,11 @@ def eval_command(
         stats = ReadStats()  # the summary: from the merged records (workers' own summaries are per shard)
         for done in iter_jsonl(output, skip_invalid=True):
             results.add(done)
-            results.tokens += sum((done.get("generation") or {}).get("num_tokens") or [0])
+            if str(done.get("id")) not in earlier:  # tokens: this run's, as in one process
+                results.tokens += sum((done.get("generation") or {}).get("num_tokens") or [0])
             generator.template = generator.template or done.get("template")
+        # the workers generate at once: tokens/s is the run's tokens over its wall time (model loads included)
+        results.generate_seconds = time.perf_counter() - results.started
         _print_eval_summary(results, n, model, generator, dataset, input, split, limit, stats, summary_path,
                             temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed, stop=stop)
         return

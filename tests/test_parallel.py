@@ -82,6 +82,7 @@ def test_eval_data_parallel_matches_one_process_and_summarises_all_records(tiny_
     first, second = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
     assert second["count"] == first["count"] == 4 and second["accuracy"] == first["accuracy"]
     assert second["template"] == first["template"] and second["tokens"] == first["tokens"]
+    assert second["tokens_per_s"] > 0  # the workers' tokens over the run's wall time
 
 
 @pytest.mark.slow
