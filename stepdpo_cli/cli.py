@@ -302,6 +302,16 @@ def check_local_model(kind: str, path: str, device: str | None = None, option: s
                              field="--device")
 
 
+BACKEND_KWARGS = {"hf": ("device", "dtype", "batch_size"), "vllm": ("dtype",), "openai": ("base_url", "concurrency")}
+
+
+def backend_kwargs(kind: str, extra: dict[str, Any] | None = None, **options: Any) -> dict[str, Any]:
+    """The CLI's options that backend `kind` takes (None: its default), then --backend-option's, as given."""
+    kwargs = {k: v for k, v in options.items() if k in BACKEND_KWARGS[kind] and v is not None}
+    kwargs.update(extra or {})
+    return kwargs
+
+
 class _GenerationModel:
     """The backend and template of sample/eval, loaded only once the first chunk of input has been read and
     validated: bad input fails in a second instead of after a model load, and empty input loads nothing."""
@@ -314,10 +324,7 @@ class _GenerationModel:
         parsed = parse_model_spec(model, backend)  # a bad spec is a usage error before any input is read
         self.kind, self.path = parsed.backend, parsed.model
         check_local_model(parsed.backend, parsed.model, options.get("device"))
-        keys = {"hf": ("device", "dtype", "batch_size"), "vllm": ("dtype",), "openai": ("base_url", "concurrency")}
-        self.options = {k: v for k, v in {**options, "batch_size": batch_size}.items()
-                        if k in keys[self.kind] and v is not None}
-        self.options.update(extra or {})  # --backend-option: passed as given
+        self.options = backend_kwargs(self.kind, extra, **options, batch_size=batch_size)
         # Problems per backend call: hf fills `batch_size` rows; remote/vLLM backends get more to overlap.
         self.chunk_size = max(1, batch_size // n) * (1 if self.kind == "hf" else 4)
         self.engine: Any = None
@@ -469,16 +476,9 @@ def localize(
             raise InputError("--method judge needs --judge SPEC (e.g. openai:gpt-4o)", field="--judge")
         prompt = load_judge_prompt(judge_prompt)
         kind = parse_model_spec(judge, backend).backend
-        extra: dict[str, Any] = {"endpoint": judge_endpoint} if kind == "openai" else {}
-        if kind == "openai" and base_url:
-            extra["base_url"] = base_url
-        elif kind == "hf":
-            extra.update(device=device, dtype=dtype, batch_size=batch_size)
-        if kind == "openai" and concurrency:
-            extra["concurrency"] = concurrency
-        if kind == "vllm":
-            extra["dtype"] = dtype
-        extra.update(_backend_options(backend_option))  # the user's --backend-option wins, as for the policy
+        extra = {"endpoint": judge_endpoint} if kind == "openai" else {}
+        extra = backend_kwargs(kind, {**extra, **_backend_options(backend_option)}, device=device, dtype=dtype,
+                               batch_size=batch_size, base_url=base_url, concurrency=concurrency)
         check_local_model(kind, parse_model_spec(judge, backend).model, device, option="--judge")
         options = {"backend": load_backend(judge, backend, **extra), "spec": judge, "prompt_template": prompt,
                    "prompt_name": judge_prompt or "default", "neutral_is_error": neutral_is_error,
