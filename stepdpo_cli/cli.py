@@ -438,6 +438,7 @@ def localize(
     batch_size: BatchSizeOpt = 64,
     grade_timeout: GradeTimeoutOpt = 5.0,
     seed: SeedOpt = SEED,
+    data_parallel: DataParallelOpt = 1,
     input: InputOpt = None,
     output: OutputOpt = None,
     resume: ResumeOpt = False,
@@ -458,6 +459,14 @@ def localize(
                  sizes={"--max-tokens": max_tokens, "--judge-max-tokens": judge_max_tokens,
                         "--batch-size": batch_size, "--rollouts": rollouts, "--concurrency": concurrency,
                         "--max-line-bytes": max_line_bytes})
+    if data_parallel > 1 and (max_requests is not None or max_tokens_total is not None):
+        raise InputError("a judge budget is one run's: not with --data-parallel (each worker would spend it)",
+                         field="--data-parallel")
+    if _split_over_workers(data_parallel, _backend_options(backend_option), input=input, output=output,
+                           resume=resume, skip_invalid=skip_invalid, validate=validate_localizable,
+                           max_line_bytes=max_line_bytes, origin=lambda record: record.get("id"),
+                           done_filter=lambda record, ids: str(record.get("id")) in ids):
+        return
     options: dict[str, Any] = {}
     if method == "verifier":
         from .localizers.verifier import load_callable

@@ -99,3 +99,29 @@ def test_rectify_data_parallel_matches_one_process(tiny_model, tmp_path):
     assert two.returncode == 0, two.stderr.decode()[-2000:]
     assert (tmp_path / "two.jsonl").read_bytes() == (tmp_path / "one.jsonl").read_bytes()
     assert len((tmp_path / "one.jsonl").read_bytes().splitlines()) == 4
+
+
+@pytest.mark.slow
+def test_localize_rollout_data_parallel_matches_one_process(tiny_model, tmp_path):
+    from scripted_policy import make_record
+
+    records = [make_record([3, 5, 7, i], wrong_at=2, rid=f"p{i}/s0") for i in range(4)]
+    source = tmp_path / "wrong.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in records))
+    args = ["localize", "--method", "rollout", "--model", tiny_model, "-i", str(source), "--rollouts", "2",
+            "--max-tokens", "8", "--seed", "3"]
+    one = run_cli(*args, "-o", str(tmp_path / "one.jsonl"), env=ENV)
+    assert one.returncode == 0, one.stderr.decode()[-2000:]
+    two = run_cli(*args, "-o", str(tmp_path / "two.jsonl"), "--data-parallel", "2", env=ENV)
+    assert two.returncode == 0, two.stderr.decode()[-2000:]
+    assert b"data-parallel: 2 workers on 4 record(s)" in two.stderr
+    assert (tmp_path / "two.jsonl").read_bytes() == (tmp_path / "one.jsonl").read_bytes()
+    assert len((tmp_path / "one.jsonl").read_bytes().splitlines()) == 4
+
+
+def test_localize_judge_budget_is_refused_with_data_parallel(tmp_path):
+    source = tmp_path / "wrong.jsonl"
+    source.write_text("")
+    result = run_cli("localize", "--judge", "openai:gpt-4o", "--max-requests", "10", "--data-parallel", "2",
+                     "-i", str(source), "-o", str(tmp_path / "out.jsonl"), env=ENV)
+    assert result.returncode == 2 and b"--data-parallel" in result.stderr and result.stdout == b""
