@@ -5,10 +5,10 @@ Each stage is a plain function over an iterator of records, importable without t
 from __future__ import annotations
 
 import itertools
-import time
 import os
 import signal
 import sys
+import time
 import traceback
 from typing import Any, Callable, Iterable, Iterator, Optional
 
@@ -462,12 +462,8 @@ def localize(
     if data_parallel > 1 and (max_requests is not None or max_tokens_total is not None):
         raise InputError("a judge budget is one run's: not with --data-parallel (each worker would spend it)",
                          field="--data-parallel")
-    if _split_over_workers(data_parallel, _backend_options(backend_option), input=input, output=output,
-                           resume=resume, skip_invalid=skip_invalid, validate=validate_localizable,
-                           max_line_bytes=max_line_bytes, origin=lambda record: record.get("id"),
-                           done_filter=lambda record, ids: str(record.get("id")) in ids):
-        return
     options: dict[str, Any] = {}
+    load: Callable[[], Any] | None = None  # the backend, loaded once the options are known good
     if method == "verifier":
         from .localizers.verifier import load_callable
 
@@ -489,7 +485,8 @@ def localize(
         extra = backend_kwargs(kind, {**extra, **_backend_options(backend_option)}, device=device, dtype=dtype,
                                batch_size=batch_size, base_url=base_url, concurrency=concurrency)
         check_local_model(kind, parse_model_spec(judge, backend).model, device, option="--judge")
-        options = {"backend": load_backend(judge, backend, **extra), "spec": judge, "prompt_template": prompt,
+        load = lambda: load_backend(judge, backend, **extra)  # noqa: E731
+        options = {"spec": judge, "prompt_template": prompt,
                    "prompt_name": judge_prompt or "default", "neutral_is_error": neutral_is_error,
                    "max_tokens": judge_max_tokens, "batch_size": batch_size, "seed": seed,
                    "budget": JudgeBudget(max_requests, max_tokens_total)}
@@ -505,14 +502,20 @@ def localize(
         if not 0.0 <= threshold < 1.0:
             raise InputError("must be in [0, 1): a prefix is a dead end when its success rate is <= it",
                              field="--threshold")
-        options = {"backend": _load_policy(model, backend, "--model", device=device, base_url=base_url,
-                                           extra=backend_option, dtype=dtype, concurrency=concurrency,
-                                           batch_size=batch_size),
-                   "spec": model, "rollouts": rollouts,
+        load = lambda: _load_policy(model, backend, "--model", device=device, base_url=base_url,  # noqa: E731
+                                    extra=backend_option, dtype=dtype, concurrency=concurrency, batch_size=batch_size)
+        options = {"spec": model, "rollouts": rollouts,
                    "threshold": threshold, "search": search, "temperature": temperature, "top_p": top_p,
                    "max_tokens": max_tokens, "seed": seed, "batch_size": records_per_call(batch_size, rollouts),
                    "template": template, "check_root": check_root, "grade_timeout": grade_timeout,
                    "stop": tuple(stop or ())}
+    if _split_over_workers(data_parallel, _backend_options(backend_option), input=input, output=output,
+                           resume=resume, skip_invalid=skip_invalid, validate=validate_localizable,
+                           max_line_bytes=max_line_bytes, origin=lambda record: record.get("id"),
+                           done_filter=lambda record, ids: str(record.get("id")) in ids):
+        return
+    if load is not None:
+        options["backend"] = load()
     counts: dict[str, Any] = {}
     try:
         stats, _ = run_records(lambda records: localize_records(records, method, counts=counts, **options),

@@ -147,8 +147,9 @@ def keep_host_memory() -> bool:
     such blocks with mmap and gives them back on free (or trims the heap top), so every step page-faults its
     activations in again: measured here, 565k page faults and ~14% of a 50 s CPU run (dense, 16 pairs at
     context 1024: 20.7 -> 16.9 s). A 32 MiB mmap threshold (glibc's largest) and a 1 GiB trim threshold keep
-    them in the heap, as jemalloc or tcmalloc would, at a peak RSS 0-8% higher (heap fragmentation). No
-    effect on other C libraries (musl, macOS) or on GPU memory."""
+    them in the heap, as jemalloc or tcmalloc would, at a peak RSS 0-8% higher (heap fragmentation). The
+    setting is process-wide and stays after train returns. No effect on other C libraries (musl, macOS) or
+    on GPU memory."""
     import ctypes
     import ctypes.util
 
