@@ -119,9 +119,14 @@ def test_localize_rollout_data_parallel_matches_one_process(tiny_model, tmp_path
     assert len((tmp_path / "one.jsonl").read_bytes().splitlines()) == 4
 
 
-def test_localize_judge_budget_is_refused_with_data_parallel(tmp_path):
+def test_localize_data_parallel_checks_options_first_and_refuses_a_judge_budget(tmp_path):
     source = tmp_path / "wrong.jsonl"
     source.write_text("")
     result = run_cli("localize", "--judge", "openai:gpt-4o", "--max-requests", "10", "--data-parallel", "2",
                      "-i", str(source), "-o", str(tmp_path / "out.jsonl"), env=ENV)
     assert result.returncode == 2 and b"--data-parallel" in result.stderr and result.stdout == b""
+    # options are checked before the split: one line from the parent, no worker started
+    result = run_cli("localize", "--method", "rollout", "--data-parallel", "2", "-i", str(source),
+                     "-o", str(tmp_path / "out.jsonl"), env=ENV)
+    assert result.returncode == 2 and b"field '--model'" in result.stderr
+    assert b"data-parallel:" not in result.stderr and not os.path.exists(work_dir(str(tmp_path / "out.jsonl")))
