@@ -340,6 +340,6 @@ def test_cpu_training_reuses_freed_activation_memory():
                              env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True)
         faults[mode] = int(out.stdout.split()[-1])
     pages_touched = 5 * 165 * (1 << 20) // 4096
-    # measured: glibc's default faults ~23% of the pages in again every step; kept, ~0.1%
+    # measured: glibc's default faults 23-97% of the pages in again every step; kept, 0.1-3% (one block once)
     assert faults["default"] > pages_touched // 10, faults
-    assert faults["keep"] < pages_touched // 100, faults
+    assert faults["keep"] * 10 < faults["default"] and faults["keep"] < pages_touched // 10, faults
