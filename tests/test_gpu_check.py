@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 
+import pytest
 from conftest import ROOT
 
 
+@pytest.mark.slow  # 45 s: the slow tier keeps CI under 30 minutes
 def test_gpu_check_dry_run_writes_its_report(tmp_path):
     out = tmp_path / "gpu.md"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
