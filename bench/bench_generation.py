@@ -56,7 +56,8 @@ def worker(engine: str, model: str, threads: int) -> None:
     """Load one backend, then answer run commands from stdin with one TAG line each."""
     import torch
 
-    from stepdpo_cli.backends.base import Request, SamplingParams, load_backend
+    from stepdpo_cli.backends.base import Request, SamplingParams
+    from stepdpo_cli.backends.registry import load_backend
 
     torch.set_num_threads(threads)
     started = time.perf_counter()

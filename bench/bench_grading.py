@@ -15,7 +15,8 @@ import os
 import random
 import time
 
-from stepdpo_cli import grading, grading_worker
+from stepdpo_cli import grading
+from stepdpo_cli.grading import worker as grading_worker
 from stepdpo_cli.grading import answers_match, grade
 
 TIMEOUT = 5.0

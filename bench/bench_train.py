@@ -106,7 +106,7 @@ def padding_shares(examples, batch_size: int, max_tokens: int) -> dict[str, floa
     """Share of the token positions each contender feeds the model that are padding, over the epoch's batches.
     stepdpo: its actual batches; TRL: (2 * batch, longest prompt + completion + EOS) per batch, from lengths."""
     from stepdpo_cli.train import packing
-    from stepdpo_cli.train.loop import TrainConfig, epoch_batches
+    from stepdpo_cli.train.setup import TrainConfig, epoch_batches
 
     config = TrainConfig(model="", data="", output="", batch_size=batch_size, seed=0)
     fed = {"stepdpo-dense": [0, 0], "stepdpo-packed": [0, 0], "stepdpo-packed-deepspeed": [0, 0],

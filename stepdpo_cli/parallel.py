@@ -160,3 +160,22 @@ def _merge(root: str, workers: int, order: list[dict], output: str, resume: bool
     shutil.rmtree(root, ignore_errors=True)
     log.log(f"data-parallel: merged {written} record(s) from {workers} workers into {output}")
     return written
+
+
+def split_over_workers(workers: int, backend_options: dict[str, Any], *, input: str | None, output: str | None,
+                        resume: bool, skip_invalid: bool, validate: Callable[[dict], dict], max_line_bytes: int,
+                        origin: Callable[[dict], Any], done_filter: Callable[[dict, set[str]], bool],
+                        group_key: Callable[[dict], Any] | None = None,
+                        source: Iterable[dict] | None = None, drop_options: tuple[str, ...] = ()) -> bool:
+    """--data-parallel N > 1 in the parent: run the command as N workers (run_data_parallel); True when it did."""
+    if workers < 1:
+        raise InputError("must be >= 1", field="--data-parallel")
+    if workers == 1 or is_worker():
+        return False
+    records = source if source is not None else iter_jsonl(
+        input, skip_invalid=skip_invalid, validate=validate, log=log.warn, max_line_bytes=max_line_bytes)
+    tensor_parallel = int(backend_options.get("tensor_parallel_size", 1) or 1)
+    run_data_parallel(sys.argv[1:], workers=workers, records=records, output=output, resume=resume,
+                      origin=origin, done_filter=done_filter, tensor_parallel_size=tensor_parallel,
+                      drop_options=drop_options, group_key=group_key)
+    return True

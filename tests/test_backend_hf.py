@@ -7,7 +7,8 @@ import os
 import pytest
 import torch
 
-from stepdpo_cli.backends.base import Request, SamplingParams, load_backend
+from stepdpo_cli.backends.base import Request, SamplingParams
+from stepdpo_cli.backends.registry import load_backend
 from stepdpo_cli.backends.hf import HFBackend
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")

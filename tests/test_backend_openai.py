@@ -13,7 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from stepdpo_cli.backends.base import Request, SamplingParams, load_backend
+from stepdpo_cli.backends.base import Request, SamplingParams
+from stepdpo_cli.backends.registry import load_backend
 from stepdpo_cli.backends.openai import BackendError, OpenAIBackend, sample_seed, split_prefill
 from stepdpo_cli.records import InputError
 from stepdpo_cli.steps import STEP_PREFIX

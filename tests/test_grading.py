@@ -251,7 +251,7 @@ def test_code_is_never_an_answer(tmp_path):
     assert grade("#### __import__('os').system('touch pwned') or 18", "18") == (
         "__import__('os').system('touch pwned') or 18", False)
     assert grade("#### 18", "18")[1] and grade("#### 14 or 16", "16")[1] is False
-    from stepdpo_cli import grading_worker
+    from stepdpo_cli.grading import worker as grading_worker
 
     before = grading_worker.symbolic_calls
     for code in ("print(5)", "__import__('os').getpid()", "system(5)", "'5'", "lambda: 5 or 6"):

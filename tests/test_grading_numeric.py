@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from stepdpo_cli.grading_numeric import numeric_verdict
+from stepdpo_cli.grading.numeric import numeric_verdict
 
 
 @pytest.mark.parametrize("pred,ref,verdict", [

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from stepdpo_cli import grading_worker
+from stepdpo_cli.grading import worker as grading_worker
 from stepdpo_cli.grading import grade_many, map_in_order
 from stepdpo_cli.records import InputError
 from stepdpo_cli.stages.grade import grade_records

@@ -5,8 +5,8 @@ import subprocess
 import sys
 import time
 
-from stepdpo_cli import grading_worker
-from stepdpo_cli.grading_worker import symbolic_match
+from stepdpo_cli.grading import worker as grading_worker
+from stepdpo_cli.grading.worker import symbolic_match
 
 
 def _alive(pid: int) -> bool:
@@ -32,7 +32,7 @@ def test_overrun_kills_the_worker_process():
 
 
 def test_workers_do_not_outlive_their_parent():
-    code = ("from stepdpo_cli import grading_worker as g; "
+    code = ("from stepdpo_cli.grading import worker as g; "
             "assert g.symbolic_match('x > 3', '3 < x', 60.0); "
             "print(*[w.proc.pid for w in g._pool().idle])")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

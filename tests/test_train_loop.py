@@ -107,10 +107,10 @@ def test_step_dpo_learns_its_pairs(tiny_model, tmp_path):
 def test_lora_trains_only_adapters(tiny_model, tmp_path):
     from safetensors.torch import load_file
 
-    from stepdpo_cli.train.loop import _load_model
+    from stepdpo_cli.train.setup import load_model
 
     config = _config(tiny_model, "", tmp_path / "o", lora=True, lora_r=4)
-    trainable = [n for n, p in _load_model(config, tiny_model).named_parameters() if p.requires_grad]
+    trainable = [n for n, p in load_model(config, tiny_model).named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
 
     data = _pairs(tmp_path / "p.jsonl", n=8)
@@ -299,12 +299,12 @@ def test_reference_cache_follows_the_weights_and_rows(tiny_model, tmp_path, caps
 def test_dropout_is_off_in_the_trained_policy(tiny_model, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from stepdpo_cli.train.loop import _load_model
+    from stepdpo_cli.train.setup import load_model
 
     noisy = tmp_path / "noisy"
     model = AutoModelForCausalLM.from_pretrained(tiny_model, attention_dropout=0.5)
     model.save_pretrained(noisy)
-    policy = _load_model(_config(str(noisy), "", tmp_path / "o"), str(noisy))
+    policy = load_model(_config(str(noisy), "", tmp_path / "o"), str(noisy))
     assert policy.config.attention_dropout == 0.0
     assert all(m.attention_dropout == 0.0 for m in policy.modules() if hasattr(m, "attention_dropout"))
     assert all(m.p == 0.0 for m in policy.modules() if isinstance(m, torch.nn.Dropout))
@@ -313,7 +313,7 @@ def test_dropout_is_off_in_the_trained_policy(tiny_model, tmp_path):
 HOST_MEMORY_PROBE = """
 import resource, sys
 import torch
-from stepdpo_cli.train.loop import keep_host_memory
+from stepdpo_cli.train.setup import keep_host_memory
 if sys.argv[1] == "keep":
     assert keep_host_memory()
 def step():  # a forward's activations: blocks of several sizes, all freed at the end

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import run_cli
 from stepdpo_cli.records import InputError
-from stepdpo_cli.train.loop import tracker_names
+from stepdpo_cli.train.setup import tracker_names
 from test_datasets_train import math_step_dpo_rows
 
 pytestmark = pytest.mark.timeout(300)

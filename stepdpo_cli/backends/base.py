@@ -1,16 +1,14 @@
 """The one generation interface: prompts in, n completions each out. Backends: hf, vllm, openai.
 
-A model spec picks the backend: ``hf:PATH``, ``vllm:PATH``, ``openai:NAME``; a bare path or hub id means
-``hf``. Every backend returns the same `Completion` objects so stages never know which one ran.
+Every backend returns the same `Completion` objects so stages never know which one ran. This module knows no
+concrete backend: `registry.py` maps a model spec (``hf:PATH``, ``vllm:PATH``, ``openai:NAME``) to one.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
-from ..records import InputError, derive_seed
-
-BACKENDS = ("hf", "vllm", "openai")
+from ..records import derive_seed
 
 
 @dataclass(frozen=True)
@@ -61,41 +59,6 @@ class Backend(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-@dataclass
-class ModelSpec:
-    backend: str
-    model: str
-    options: dict = field(default_factory=dict)
-
-
-def parse_model_spec(spec: str, backend: str | None = None) -> ModelSpec:
-    """``hf:/path``, ``vllm:/path``, ``openai:gpt-4o``, or a bare path/hub id (backend from `backend` or hf)."""
-    if not spec:
-        raise InputError("a model is required", field="--model")
-    head, sep, rest = spec.partition(":")
-    if sep and head in BACKENDS and rest:
-        if backend and backend != head:
-            raise InputError(f"--backend {backend} contradicts model spec {spec!r}", field="--backend")
-        return ModelSpec(head, rest)
-    chosen = backend or "hf"
-    if chosen not in BACKENDS:
-        raise InputError(f"unknown backend {chosen!r}; choose one of {', '.join(BACKENDS)}", field="--backend")
-    return ModelSpec(chosen, spec)
-
-
-def load_backend(spec: str, backend: str | None = None, **options: Any) -> Backend:
-    """Build the backend a spec names. Options are backend-specific (device, dtype, base_url, ...)."""
-    parsed = parse_model_spec(spec, backend)
-    if parsed.backend == "hf":
-        from .hf import HFBackend
-        return HFBackend(parsed.model, **options)
-    if parsed.backend == "vllm":
-        from .vllm import VLLMBackend
-        return VLLMBackend(parsed.model, **options)
-    from .openai import OpenAIBackend
-    return OpenAIBackend(parsed.model, **options)
 
 
 def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, str | None]:

@@ -301,7 +301,7 @@ def judge_records(records: Iterable[dict], backend: Backend, *, spec: str = "", 
 
 def winner_judge(spec: str, prompt_file: str | None = None) -> Callable[[list[tuple]], list[bool]]:
     """A judge that passes rectified winners whose own steps it finds all correct (rectify --verify-judge)."""
-    from ..backends.base import load_backend, parse_model_spec
+    from ..backends.registry import load_backend, parse_model_spec
 
     prompt = load_judge_prompt(prompt_file)
     options = {"endpoint": "chat"} if parse_model_spec(spec).backend == "openai" else {}

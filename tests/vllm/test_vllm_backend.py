@@ -11,7 +11,8 @@ import pytest
 if getattr(pytest.importorskip("vllm"), "__file__", None) is None:
     pytest.skip("vllm is not installed", allow_module_level=True)
 
-from stepdpo_cli.backends.base import Request, SamplingParams, load_backend  # noqa: E402
+from stepdpo_cli.backends.base import Request, SamplingParams  # noqa: E402
+from stepdpo_cli.backends.registry import load_backend  # noqa: E402
 from stepdpo_cli.backends.openai import sample_seed  # noqa: E402
 from stepdpo_cli.backends.vllm import VLLMBackend  # noqa: E402
 from stepdpo_cli.steps import STEP_PREFIX  # noqa: E402

@@ -54,7 +54,7 @@ class _Worker:
                                                                           os.environ.get("PYTHONPATH")])),
                "OMP_NUM_THREADS": "1"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from stepdpo_cli.grading_worker import _worker_main; _worker_main()"],
+            [sys.executable, "-c", "from stepdpo_cli.grading.worker import _worker_main; _worker_main()"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=None if os.environ.get("STEPDPO_DEBUG") else subprocess.DEVNULL,
             env=env, start_new_session=True)  # own session: a terminal Ctrl-C goes to the parent only

@@ -1,29 +1,21 @@
-"""Final-answer extraction and equivalence for math reasoning, time-bounded and safe on hostile text.
+"""Answer equivalence (`answers_match`), time-bounded and safe on hostile text.
 
 Tiers, cheapest first: normalised strings; exact numbers with the GSM8K conventions; arithmetic LaTeX
-evaluated at sample points (grading_numeric.py); and only then math-verify in a worker process that is
-killed and restarted when a comparison overruns its timeout (grading_worker.py). Model text is never
-evaluated as code; inputs are size-capped and screened before any parser sees them.
+evaluated at sample points (numeric.py); and only then math-verify in a worker process that is killed and
+restarted when a comparison overruns its timeout (worker.py). Model text is never evaluated as code; inputs
+are size-capped and screened before any parser sees them.
 """
 from __future__ import annotations
 
-import os
-import queue
 import re
-import threading
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from fractions import Fraction
 from functools import lru_cache
-from typing import Any, Callable, Iterable, Iterator, TypeVar
 
-from .grading_extract import (MAX_ANSWER_CHARS, SOURCES, SPACING, TEX_THOUSANDS, TEXT_CMD, balanced, extract,
-                              extract_answer, strip_wrappers)
-from .grading_numeric import numeric_verdict, shown_places_agree, split_top
-from .grading_worker import MAX_SYMBOLIC_CHARS, symbolic_match
+from .extract import MAX_ANSWER_CHARS, SPACING, TEX_THOUSANDS, TEXT_CMD, balanced, extract, strip_wrappers
+from .numeric import numeric_verdict, shown_places_agree, split_top
+from .worker import MAX_SYMBOLIC_CHARS, symbolic_match
 
-__all__ = ["MAX_ANSWER_CHARS", "SOURCES", "answers_match", "extract", "extract_answer", "grade", "grade_answer",
-           "grade_many", "map_in_order"]
+__all__ = ["answers_match", "reference_answer"]
 
 # ---------------------------------------------------------------------------------------------- normalisation
 
@@ -441,91 +433,9 @@ def answers_match(prediction: str | None, reference: str | list[str], timeout: f
     return False
 
 
-def grade_answer(text: str, reference: str | list[str], timeout: float = 5.0) -> tuple[str | None, str | None, bool]:
-    """(extracted prediction, the extraction rule that found it, correct) for a completion."""
-    prediction, source = extract(text)
-    return prediction, source, answers_match(prediction, reference, timeout=timeout)
-
-
-def grade(text: str, reference: str | list[str], timeout: float = 5.0) -> tuple[str | None, bool]:
-    """(extracted prediction, correct) for a completion."""
-    prediction, _, correct = grade_answer(text, reference, timeout)
-    return prediction, correct
-
-
 @lru_cache(maxsize=4096)
 def reference_answer(reference: str) -> str:
     """The answer in a reference: as given, or the marked answer of a whole solution (GSM8K "... #### 72",
     MATH "... \\boxed{x}"), or its last math span ("$21,16$ or $11$" is one list)."""
     answer, _ = extract(reference, reference=True)
     return answer or ""
-
-
-# ---------------------------------------------------------------------------------------------- many at once
-
-Item = TypeVar("Item")
-
-
-def grade_threads() -> int:
-    """Records graded at once (`STEPDPO_GRADE_THREADS`, default 4). Threads suffice: the slow symbolic work runs
-    in worker processes (grading_worker.py), so a thread waiting on one pathological answer blocks no other."""
-    try:
-        return max(1, int(os.environ.get("STEPDPO_GRADE_THREADS", "4")))
-    except ValueError:
-        return 4
-
-
-def map_in_order(function: Callable[[Item], Any], items: Iterable[Item], *,
-                 threads: int | None = None) -> Iterator[tuple[Item, Any]]:
-    """(item, function(item)) in input order, up to `threads` items in flight and a bounded read-ahead.
-
-    One slow item costs its own time while the others proceed. Input is read on its own thread, so a result
-    goes out as soon as it and those before it are done, even while the next input line has not arrived (a
-    pipe fed record by record sees each record promptly). If reading `items` raises (bad input), every item
-    read before it is still yielded first, then the error is raised, so nothing already graded is lost."""
-    threads = grade_threads() if threads is None else threads
-    if threads <= 1:
-        for item in items:
-            yield item, function(item)
-        return
-    window = 4 * threads
-    inbox: queue.Queue = queue.Queue(maxsize=window)  # bounded: the reader stays at most a window ahead
-
-    def read() -> None:
-        try:
-            for item in items:
-                inbox.put((True, item))
-            inbox.put((False, None))
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there in order
-            inbox.put((False, exc))
-
-    # A daemon thread: blocked on an idle stdin it must not keep the process alive after the run ends.
-    threading.Thread(target=read, name="stepdpo-grade-reader", daemon=True).start()
-    pool = ThreadPoolExecutor(threads, thread_name_prefix="stepdpo-grade")
-    pending: deque[tuple[Item, Future]] = deque()
-    reading, error = True, None
-    try:
-        while reading or pending:
-            if pending and (pending[0][1].done() or not reading or len(pending) >= window):
-                first, future = pending.popleft()
-                yield first, future.result()
-                continue
-            try:  # wait for input, but look at the oldest result again soon when something is in flight
-                more, value = inbox.get(timeout=0.02 if pending else None)
-            except queue.Empty:
-                continue
-            if more:
-                pending.append((value, pool.submit(function, value)))
-            else:
-                reading, error = False, value
-        if error is not None:
-            raise error
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-
-
-def grade_many(items: Iterable[tuple[str, str | list[str]]], timeout: float = 5.0,
-               threads: int | None = None) -> list[tuple[str | None, str | None, bool]]:
-    """`grade_answer` over (completion, reference) pairs, in parallel, results in input order."""
-    return [result for _, result in map_in_order(lambda item: grade_answer(item[0], item[1], timeout), items,
-                                                 threads=threads)]

@@ -1,0 +1,58 @@
+"""`stepdpo pair`: Step-DPO, DPO or SFT rows from rectified records (stages/pair.py)."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import typer
+from typing_extensions import Annotated
+
+from .. import log
+from ..records import DEFAULT_MAX_LINE_BYTES
+from ..runner import run_records
+from .options import InputOpt, MaxLineBytesOpt, OutputOpt, QuietOpt, ResumeOpt, SkipInvalidOpt, check_ranges
+
+EPILOG = "Example: stepdpo pair -i rectified.jsonl > pairs.jsonl"
+
+
+def pair(
+    format: Annotated[str, typer.Option("--format", help="step (Math-Step-DPO-10K rows) | dpo (whole solutions) | sft (prefix + corrected continuation: the no-preference control).")] = "step",
+    chosen_source: Annotated[str, typer.Option(help="model | reference-step (the OOD ablation).")] = "model",
+    max_per_problem: Annotated[Optional[int], typer.Option(help="At most this many pairs per problem.")] = None,
+    tokenizer: Annotated[Optional[str], typer.Option(help="Tokenizer path for the prefix/step token ratio.")] = None,
+    input: InputOpt = None,
+    output: OutputOpt = None,
+    resume: ResumeOpt = False,
+    skip_invalid: SkipInvalidOpt = False,
+    max_line_bytes: MaxLineBytesOpt = DEFAULT_MAX_LINE_BYTES,
+    quiet: QuietOpt = False,
+) -> None:
+    """Emit Step-DPO pairs (prompt, initial_reason_steps, chosen, rejected, full_chosen, full_rejected, ...)."""
+    from ..stages.pair import check_pair_options, pair_records, pair_summary, validate_pairable
+
+    log.set_quiet(quiet)
+    check_pair_options(format, chosen_source)
+    check_ranges(sizes={"--max-per-problem": max_per_problem, "--max-line-bytes": max_line_bytes})
+    lengths, unit = len, "chars"
+    if tokenizer:
+        from transformers import AutoTokenizer
+
+        from ..backends.registry import parse_model_spec
+
+        tok = AutoTokenizer.from_pretrained(parse_model_spec(tokenizer).model)  # a model spec works too
+        lengths, unit = (lambda text: len(tok(text, add_special_tokens=False)["input_ids"])), "tokens"
+    counts: dict[str, Any] = {}
+    # Pair ids are "{source id}/cJ": on resume, a source record is done when any of its pairs is written.
+    sources: set[str] = set()
+
+    def done(record: dict, ids: set[str]) -> bool:
+        if not sources:
+            sources.update(i.rsplit("/", 1)[0] for i in ids)
+        return str(record.get("id")) in sources
+
+    stats, _ = run_records(
+        lambda records: pair_records(records, format=format, chosen_source=chosen_source,
+                                     max_per_problem=max_per_problem, counts=counts, lengths=lengths),
+        input=input, output=output, resume=resume, skip_invalid=skip_invalid, validate=validate_pairable,
+        done_filter=done, group_key=lambda row: row.get("source_id"), max_line_bytes=max_line_bytes,
+    )
+    log.summary("pair", {**pair_summary(counts, unit), "invalid": stats.invalid})
