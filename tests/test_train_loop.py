@@ -340,6 +340,8 @@ def test_cpu_training_reuses_freed_activation_memory():
                              env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True)
         faults[mode] = int(out.stdout.split()[-1])
     pages_touched = 5 * 165 * (1 << 20) // 4096
-    # measured: glibc's default faults 23-97% of the pages in again every step; kept, 0.1-3% (one block once)
+    largest_block = 24 * (1 << 20) // 4096
+    # measured: glibc's default faults 23-97% of the pages in again every step (48k-205k); kept, at most the
+    # largest block once or twice (211-6144), however many steps run: the kept run's faults do not grow per step
     assert faults["default"] > pages_touched // 10, faults
-    assert faults["keep"] * 10 < faults["default"] and faults["keep"] < pages_touched // 10, faults
+    assert faults["keep"] <= 2 * largest_block < faults["default"], faults
