@@ -6,6 +6,10 @@ Design choices (why):
 - Our own retry loop (client retries off): exponential backoff with full jitter on 408/409/429/5xx, timeouts
   and connection errors, honouring Retry-After; any other 4xx or a malformed body fails at once with a
   one-line `BackendError` naming the endpoint and status, never the API key.
+- Several servers (`base_url="URL1,URL2"` or a file of URLs): `servers.ServerPool` sends each request to the
+  least busy healthy one and takes a failing one out of rotation, so a server that dies or restarts mid-run
+  costs retries, never records. What a server was seen to refuse (n, chat prefill, a parameter) is learned
+  once for all of them: a fleet is assumed to run one engine.
 - Servers differ, so results are normalised here: a server that ignores `n` is asked again (with derived
   seeds) until n completions exist; a server that keeps the stop string (or ignores `stop`) is cut with
   `base.truncate_at_stop`.
@@ -19,8 +23,8 @@ Design choices (why):
 from __future__ import annotations
 
 import os
-import random
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
@@ -28,6 +32,8 @@ from .. import log
 from ..records import InputError
 from ..steps import STEP_PREFIX
 from .base import Completion, Request, SamplingParams, sample_seed, truncate_at_stop
+from .servers import (MULTI_SERVER_UNAVAILABLE_TIMEOUT, Attempt, Cancelled, Server, ServerPool, Unavailable,
+                      parse_server_urls)
 
 ENDPOINTS = ("completions", "chat")
 RETRY_STATUSES = frozenset({408, 409, 429}) | frozenset(range(500, 600))
@@ -44,38 +50,46 @@ class OpenAIBackend:
     def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                  endpoint: str = "completions", concurrency: int = 8, max_retries: int = 5,
                  timeout: float = 60.0, *, extra_body: dict | None = None, retry_base_delay: float = 0.5,
-                 retry_max_delay: float = 30.0, **kw: Any):
+                 retry_max_delay: float = 30.0, unavailable_timeout: float | None = None, **kw: Any):
         import openai
 
         if endpoint not in ENDPOINTS:
             raise InputError(f"unknown endpoint {endpoint!r}; choose one of {', '.join(ENDPOINTS)}", field="--endpoint")
         if concurrency < 1 or max_retries < 0 or timeout <= 0:
             raise InputError("concurrency >= 1, max_retries >= 0 and timeout > 0 are required", field="--concurrency")
-        base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+        if unavailable_timeout is not None and not (isinstance(unavailable_timeout, (int, float))
+                                                    and unavailable_timeout >= 0):
+            raise InputError(f"unavailable_timeout must be seconds >= 0, got {unavailable_timeout!r}",
+                             field="--backend-option")
+        urls = parse_server_urls(base_url)
         key = os.environ.get(api_key_env) if api_key_env else None
         if not key:
-            if base_url is None:
+            if urls == [None]:
                 raise InputError(f"the openai backend needs an API key in ${api_key_env} (another variable: "
                                  "--backend-option api_key_env=NAME; or a --base-url of a local server)",
                                  field="--backend-option")
             key = "EMPTY"  # local servers ignore the key, but the client insists on one
         self.model = model
-        self.base_url = base_url
+        self.base_url = ",".join(u for u in urls if u) or None
         self.endpoint = endpoint
         self.concurrency = concurrency
         self.max_retries = max_retries
         self.timeout = timeout
         self.extra_body = dict(extra_body or {})
-        self.retry_base_delay = retry_base_delay
-        self.retry_max_delay = retry_max_delay
         self.ignored_options = sorted(kw)  # hf/vllm options the CLI passes to every backend (device, dtype, ...)
         # The key is held only by the client (which never prints it) and used to redact server messages.
         self._secret = key if key != "EMPTY" else None
-        self._client = openai.OpenAI(api_key=key, base_url=base_url, timeout=timeout, max_retries=0)
+        servers = [Server(url, openai.OpenAI(api_key=key, base_url=url, timeout=timeout, max_retries=0))
+                   for url in urls]
+        if unavailable_timeout is None and len(servers) > 1:
+            unavailable_timeout = MULTI_SERVER_UNAVAILABLE_TIMEOUT
+        self.pool = ServerPool(servers, concurrency, max_retries=max_retries,
+                               unavailable_timeout=None if unavailable_timeout is None else float(unavailable_timeout),
+                               retry_base_delay=retry_base_delay,
+                               retry_max_delay=retry_max_delay)
         self._prefill = True  # chat: try assistant prefill until the server refuses it
         self._one_per_call = False  # set once the server is seen to ignore `n`
         self._lock = threading.Lock()
-        self._jitter = random.Random()  # jitter only spaces out retries; it never affects outputs
         self._warned: set[str] = set()
         self._cancel = threading.Event()
         self._param_fixes: dict[str, str | None] = {}  # refused parameter -> new name, or None: dropped
@@ -88,15 +102,19 @@ class OpenAIBackend:
         return None  # remote model: no local tokenizer or chat template
 
     def close(self) -> None:
-        self._client.close()
+        if len(self.pool.servers) > 1:
+            self.pool.log_summary()
+        for server in self.pool.servers:
+            server.client.close()
 
     # -------------------------------------------------------------------------------------- generation
 
     def generate(self, requests: Sequence[Request], params: SamplingParams) -> list[list[Completion]]:
-        """For each request, `request.n or params.n` completions in order; calls run `concurrency` at a time."""
+        """For each request, `request.n or params.n` completions in order; calls run `concurrency` at a time
+        per server."""
         wanted = [params.n if r.n is None else r.n for r in requests]
         results: list[list[Completion]] = [[] for _ in requests]
-        pool = ThreadPoolExecutor(max_workers=self.concurrency)
+        pool = ThreadPoolExecutor(max_workers=self.pool.slots)
         self._cancel = threading.Event()
         try:
             for _ in range(MAX_ROUNDS):
@@ -121,7 +139,7 @@ class OpenAIBackend:
             raise
         finally:
             pool.shutdown(wait=False, cancel_futures=True)  # on failure, don't wait out other retries
-        raise BackendError(f"{self._where()}: server kept returning too few choices after {MAX_ROUNDS} rounds")
+        raise BackendError(f"{self._where(None)}: server kept returning too few choices after {MAX_ROUNDS} rounds")
 
     def _call(self, prompt: str, params: SamplingParams, n: int, seed: int) -> list[Completion]:
         # Chat: `max_completion_tokens`, OpenAI's name (its reasoning models reject max_tokens; vLLM accepts
@@ -135,17 +153,17 @@ class OpenAIBackend:
             body["prompt"] = prompt
             if params.logprobs:
                 body["logprobs"] = 1
-            response = self._send(self._client.completions.create, body)
-            choices = [(_choice_text(c, self._where()), c.finish_reason,
-                        _completion_logprobs(c) if params.logprobs else None, c) for c in _choices(response, self._where())]
+            response, where = self._send(_completions_create, body)
+            choices = [(_choice_text(c, where), c.finish_reason,
+                        _completion_logprobs(c) if params.logprobs else None, c) for c in _choices(response, where)]
             prefill = ""
         else:
             user, prefill = split_prefill(prompt)
             if params.logprobs:
                 body["logprobs"] = True
-            response = self._chat(body, user, prefill, prompt)
-            choices = [(_message_text(c, self._where()), c.finish_reason,
-                        _chat_logprobs(c) if params.logprobs else None, c) for c in _choices(response, self._where())]
+            response, where = self._chat(body, user, prefill, prompt)
+            choices = [(_message_text(c, where), c.finish_reason,
+                        _chat_logprobs(c) if params.logprobs else None, c) for c in _choices(response, where)]
             if not self._prefill and prefill:
                 # The server answered a user message: drop a repeated prefix so text continues the prompt.
                 choices = [(t[len(prefill):] if t.startswith(prefill) else t, f, lp, c) for t, f, lp, c in choices]
@@ -157,19 +175,18 @@ class OpenAIBackend:
             self._warn_once("logprobs", "server returned no logprobs; completions carry logprobs=None")
         return self._completions(choices, response, params)
 
-    def _chat(self, body: dict, user: str, prefill: str, prompt: str) -> Any:
+    def _chat(self, body: dict, user: str, prefill: str, prompt: str) -> tuple[Any, str]:
         if prefill and self._prefill:
             messages = [{"role": "user", "content": user}, {"role": "assistant", "content": prefill}]
             extra = {"continue_final_message": True, "add_generation_prompt": False}
             try:
-                return self._send(self._client.chat.completions.create, {**body, "messages": messages}, extra)
+                return self._send(_chat_create, {**body, "messages": messages}, extra)
             except _Rejected:
                 with self._lock:
                     self._prefill = False
                 self._warn_once("prefill", "server does not continue an assistant message; sending the prompt "
                                 "as one user message")
-        return self._send(self._client.chat.completions.create,
-                          {**body, "messages": [{"role": "user", "content": prompt}]})
+        return self._send(_chat_create, {**body, "messages": [{"role": "user", "content": prompt}]})
 
     def _completions(self, choices: list[tuple[str, Any, list[float] | None, Any]], response: Any,
                      params: SamplingParams) -> list[Completion]:
@@ -201,40 +218,69 @@ class OpenAIBackend:
 
     # ------------------------------------------------------------------------------------ HTTP + retries
 
-    def _send(self, create: Any, body: dict, extra: dict | None = None) -> Any:
+    def _send(self, create: Any, body: dict, extra: dict | None = None) -> tuple[Any, str]:
+        """(response, "POST URL" of the server that gave it): `body` sent to the pool's servers until one
+        answers, or the pool says the request gives up (servers.ServerPool.failed)."""
         import openai
 
         extra_body = {**self.extra_body, **(extra or {})} or None
-        attempt = 0
+        attempt = Attempt()
         while True:
-            body = self._adapted(body)
             try:
-                return create(**body, extra_body=extra_body)
+                server = self.pool.acquire(self._cancel, attempt)
+            except Cancelled:
+                raise BackendError(f"{self._where(None)}: cancelled") from None
+            except Unavailable:
+                raise BackendError(self._unavailable()) from None
+            body = self._adapted(body)
+            sent_at = time.monotonic()
+            retry_after = None
+            try:
+                response = create(server.client)(**body, extra_body=extra_body)
             except openai.APIStatusError as exc:
                 status = exc.status_code
-                if status in (400, 422) and self._learn_unsupported(_server_message(exc), body):
-                    continue  # the same request without (or with the other name of) the refused parameter
-                if extra and status in (400, 422) and _names_fields(_server_message(exc), extra):
-                    raise _Rejected() from None
-                if status not in RETRY_STATUSES or attempt >= self.max_retries:
-                    raise BackendError(self._describe(f"HTTP {status}", _server_message(exc), attempt)) from None
-                delay = self._delay(attempt, exc.response.headers.get("retry-after"))
+                if status not in RETRY_STATUSES:
+                    self.pool.release(server)
+                    if status in (400, 422) and self._learn_unsupported(_server_message(exc), body, server):
+                        continue  # the same request without (or with the other name of) the refused parameter
+                    if extra and status in (400, 422) and _names_fields(_server_message(exc), extra):
+                        raise _Rejected() from None
+                    raise BackendError(self._describe(server, f"HTTP {status}", _server_message(exc),
+                                                      attempt.failures)) from None
+                failure = (f"HTTP {status}", _server_message(exc))
+                retry_after = exc.response.headers.get("retry-after")
             except openai.APITimeoutError:
-                if attempt >= self.max_retries:
-                    raise BackendError(self._describe(f"timed out after {self.timeout:g} s", "", attempt)) from None
-                delay = self._delay(attempt)
+                failure = (f"timed out after {self.timeout:g} s", "")
             except openai.APIConnectionError as exc:
-                if attempt >= self.max_retries:
-                    raise BackendError(self._describe("connection failed", str(exc.__cause__ or exc), attempt)
-                                       ) from None
-                delay = self._delay(attempt)
+                failure = ("connection failed", str(exc.__cause__ or exc))
             except openai.APIResponseValidationError as exc:
-                raise BackendError(self._describe("malformed response", str(exc), attempt)) from None
+                self.pool.release(server)
+                raise BackendError(self._describe(server, "malformed response", str(exc), attempt.failures)) from None
             except ValueError as exc:  # a body that is not JSON
-                raise BackendError(self._describe("malformed response (not JSON)", str(exc), attempt)) from None
-            attempt += 1
-            if self._cancel.wait(delay):
-                raise BackendError(f"{self._where()}: cancelled")
+                self.pool.release(server)
+                raise BackendError(self._describe(server, "malformed response (not JSON)", str(exc),
+                                                  attempt.failures)) from None
+            except BaseException:
+                self.pool.release(server)
+                raise
+            else:
+                self.pool.answered(server, time.monotonic() - sent_at, getattr(response, "usage", None))
+                return response, self._where(server)
+            error = self._describe(server, *failure, 0)
+            if self.pool.failed(server, attempt, sent_at, error, time.monotonic() - sent_at, retry_after):
+                if all(s.failures for s in self.pool.servers) and len(self.pool.servers) > 1:
+                    raise BackendError(self._unavailable())
+                raise BackendError(self._describe(server, *failure, attempt.failures - 1))
+
+    def _unavailable(self) -> str:
+        """All servers failing: one line with each server's last error."""
+        quiet = max(0.0, time.monotonic() - self.pool.last_answer) if self.pool.last_answer else None
+        since = f"no answer for {quiet:.0f} s" if quiet is not None else "no answer yet"
+        errors = "; ".join((s.last_error or f"{self._where(s)}: ok").removeprefix("openai backend: ")
+                           for s in self.pool.servers)
+        count = len(self.pool.servers)
+        return (f"openai backend: {f'all {count} servers' if count > 1 else 'the server'} failing ({since}; "
+                f"unavailable_timeout {self.pool.unavailable_timeout:g} s): {errors}")
 
     def _adapted(self, body: dict) -> dict:
         """`body` with the parameters this server was seen to refuse dropped or renamed."""
@@ -250,7 +296,7 @@ class OpenAIBackend:
                 out.setdefault(fixes[key], value)
         return out
 
-    def _learn_unsupported(self, message: str, body: dict) -> bool:
+    def _learn_unsupported(self, message: str, body: dict, server: Server) -> bool:
         """A 400 that says one of our sampling parameters is unsupported (reasoning models: temperature and
         top_p other than the default, max_tokens; some servers: max_completion_tokens): remember to drop or
         rename it for every later request. False when the message names none we can do without."""
@@ -262,30 +308,23 @@ class OpenAIBackend:
             if name in self._param_fixes or (fix and fix in self._param_fixes):
                 return False  # already adapted (renaming back and forth would never end)
             self._param_fixes[name] = fix
-        self._warn_once(f"param:{name}", f"{self._where()}: the server does not support '{name}'; "
+        self._warn_once(f"param:{name}", f"{self._where(server)}: the server does not support '{name}'; "
                         + (f"sending '{fix}' instead" if fix else "leaving it out (its default applies)"))
         return True
 
-    def _delay(self, attempt: int, retry_after: str | None = None) -> float:
-        """Full-jitter exponential backoff; a server's Retry-After (seconds) is a floor, within the cap."""
-        with self._lock:
-            delay = self._jitter.uniform(0, min(self.retry_max_delay, self.retry_base_delay * 2 ** attempt))
-        try:
-            delay = max(delay, min(float(retry_after), self.retry_max_delay)) if retry_after else delay
-        except ValueError:
-            pass
-        return delay
-
-    def _where(self) -> str:
+    def _where(self, server: Server | None) -> str:
+        """"openai backend: POST URL/path" of one server, or of all of them (None)."""
         path = "/completions" if self.endpoint == "completions" else "/chat/completions"
-        return f"openai backend: POST {str(self._client.base_url).rstrip('/')}{path}"
+        servers = [server] if server is not None else self.pool.servers
+        urls = ",".join(f"{str(s.client.base_url).rstrip('/')}{path}" for s in servers)
+        return f"openai backend: POST {urls}"
 
-    def _describe(self, what: str, detail: str, attempt: int) -> str:
-        tries = f" after {attempt + 1} attempts" if attempt else ""
+    def _describe(self, server: Server, what: str, detail: str, retries: int) -> str:
+        tries = f" after {retries + 1} attempts" if retries else ""
         detail = " ".join(str(detail).split())[:300]
         if self._secret:
             detail = detail.replace(self._secret, "***")
-        return f"{self._where()}: {what}{tries}" + (f": {detail}" if detail else "")
+        return f"{self._where(server)}: {what}{tries}" + (f": {detail}" if detail else "")
 
     def _warn_once(self, key: str, message: str) -> None:
         with self._lock:
@@ -293,6 +332,14 @@ class OpenAIBackend:
                 return
             self._warned.add(key)
         log.warn(message)
+
+
+def _completions_create(client: Any) -> Any:
+    return client.completions.create
+
+
+def _chat_create(client: Any) -> Any:
+    return client.chat.completions.create
 
 
 class _Rejected(Exception):

@@ -12,9 +12,9 @@ from ..backends.registry import backend_kwargs, check_local_model, parse_backend
 from ..parallel import split_over_workers
 from ..records import DEFAULT_MAX_LINE_BYTES, InputError
 from ..runner import run_records
-from .options import (SEED, BackendOptionOpt, BatchSizeOpt, ConcurrencyOpt, DataParallelOpt, DtypeOpt, GradeTimeoutOpt,
-                      InputOpt, MaxLineBytesOpt, OutputOpt, QuietOpt, ResumeOpt, SeedOpt, SkipInvalidOpt, check_ranges,
-                      records_per_call)
+from .options import (SEED, SERVERS_HELP, BackendOptionOpt, BatchSizeOpt, ConcurrencyOpt, DataParallelOpt, DtypeOpt,
+                      GradeTimeoutOpt, InputOpt, MaxLineBytesOpt, OutputOpt, QuietOpt, ResumeOpt, SeedOpt,
+                      SkipInvalidOpt, check_ranges, records_per_call)
 
 EPILOG = "Example: stepdpo localize --method rollout --model hf:ckpt/sft -i wrong.jsonl > localized.jsonl"
 
@@ -33,7 +33,7 @@ def localize(
                                                                  "--resume continues.")] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="rollout: the policy's model spec.")] = None,
     backend: Annotated[Optional[str], typer.Option(help="Backend when the spec has no prefix (hf, vllm, openai).")] = None,
-    base_url: Annotated[Optional[str], typer.Option(help="openai: server URL for --model/--judge (else $OPENAI_BASE_URL).")] = None,
+    base_url: Annotated[Optional[str], typer.Option(help=f"openai: for --model/--judge, {SERVERS_HELP}; else $OPENAI_BASE_URL.")] = None,
     device: Annotated[str, typer.Option(help="hf: auto | cpu | cuda.")] = "auto",
     dtype: DtypeOpt = "auto",
     concurrency: ConcurrencyOpt = None,

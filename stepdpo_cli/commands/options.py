@@ -39,13 +39,15 @@ BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Sequences gener
 NOpt = Annotated[int, typer.Option("-n", "--n", help="Solutions sampled per problem.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="hf: auto (cuda if available, else cpu) | cpu | cuda[:i].")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="hf/vllm: auto | float32 | bfloat16 | float16.")]
-BaseUrlOpt = Annotated[Optional[str], typer.Option("--base-url", help="openai: server URL (e.g. http://127.0.0.1:8000/v1).")]
-ConcurrencyOpt = Annotated[Optional[int], typer.Option("--concurrency", help="openai: requests in flight.")]
+SERVERS_HELP = ("a server URL, comma-separated URLs, or a file of URLs (one per line); several: each request goes "
+                "to the least busy one and a failing one's requests go to the others (docs/scale.md)")
+BaseUrlOpt = Annotated[Optional[str], typer.Option("--base-url", help=f"openai: {SERVERS_HELP}; else $OPENAI_BASE_URL.")]
+ConcurrencyOpt = Annotated[Optional[int], typer.Option("--concurrency", help="openai: requests in flight per server.")]
 StopOpt = Annotated[Optional[list[str]], typer.Option("--stop", help="Stop string (repeatable); cut from the text.")]
 GradeTimeoutOpt = Annotated[float, typer.Option("--grade-timeout", help="Seconds allowed per answer comparison.")]
 BackendOptionOpt = Annotated[Optional[list[str]], typer.Option(
     "--backend-option", help="KEY=VALUE given to the backend as is (repeatable; VALUE parsed as JSON when it is), "
-    "e.g. tensor_parallel_size=8, kv_cache_gb=4, endpoint=chat, api_key_env=MY_KEY.")]
+    "e.g. tensor_parallel_size=8, kv_cache_gb=4, endpoint=chat, api_key_env=MY_KEY, unavailable_timeout=300.")]
 DataParallelOpt = Annotated[int, typer.Option(
     "--data-parallel", help="N worker processes, each with its own engine on its own GPU group (tensor_parallel_size "
     "GPUs, see --backend-option), over an N-way split of the input, merged back in input order. Needs -o; "

@@ -12,9 +12,9 @@ from ..backends.registry import parse_backend_options
 from ..parallel import split_over_workers
 from ..records import DEFAULT_MAX_LINE_BYTES
 from ..runner import run_records
-from .options import (SEED, BackendOptionOpt, BatchSizeOpt, ConcurrencyOpt, DataParallelOpt, DtypeOpt, GradeTimeoutOpt,
-                      InputOpt, MaxLineBytesOpt, OutputOpt, QuietOpt, ResumeOpt, SeedOpt, SkipInvalidOpt, StopOpt,
-                      check_ranges, records_per_call)
+from .options import (SEED, SERVERS_HELP, BackendOptionOpt, BatchSizeOpt, ConcurrencyOpt, DataParallelOpt, DtypeOpt,
+                      GradeTimeoutOpt, InputOpt, MaxLineBytesOpt, OutputOpt, QuietOpt, ResumeOpt, SeedOpt,
+                      SkipInvalidOpt, StopOpt, check_ranges, records_per_call)
 
 EPILOG = "Example: stepdpo rectify --model hf:ckpt/sft --n 8 -i localized.jsonl > rectified.jsonl"
 
@@ -22,7 +22,7 @@ EPILOG = "Example: stepdpo rectify --model hf:ckpt/sft --n 8 -i localized.jsonl 
 def rectify(
     model: Annotated[str, typer.Option("--model", "-m", help="The policy's model spec (hf:PATH, vllm:PATH, openai:NAME).")],
     backend: Annotated[Optional[str], typer.Option(help="Backend when the spec has no prefix.")] = None,
-    base_url: Annotated[Optional[str], typer.Option(help="openai: server URL (else $OPENAI_BASE_URL).")] = None,
+    base_url: Annotated[Optional[str], typer.Option(help=f"openai: {SERVERS_HELP}; else $OPENAI_BASE_URL.")] = None,
     device: Annotated[str, typer.Option(help="hf: auto | cpu | cuda.")] = "auto",
     dtype: DtypeOpt = "auto",
     concurrency: ConcurrencyOpt = None,
