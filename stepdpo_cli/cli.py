@@ -14,7 +14,7 @@ from typing import Any
 import typer
 from typing_extensions import Annotated
 
-from .commands import evaluate, grade, localize, pair, rectify, sample, score_localizer, train, view
+from .commands import evaluate, grade, localize, pair, rectify, sample, score, score_localizer, train, view
 from .records import InputError
 
 app = typer.Typer(
@@ -30,6 +30,7 @@ app = typer.Typer(
 # The order of `stepdpo --help`.
 app.command(epilog=grade.EPILOG)(grade.grade)
 app.command(epilog=localize.EPILOG)(localize.localize)
+app.command(epilog=score.EPILOG)(score.score)
 app.command(score_localizer.NAME, epilog=score_localizer.EPILOG)(score_localizer.score_localizer_command)
 app.command(epilog=rectify.EPILOG)(rectify.rectify)
 app.command(epilog=pair.EPILOG)(pair.pair)

@@ -33,7 +33,13 @@ class Stage:
     typed_field: str  # a required field: given a list, it must be refused naming this field
     model: bool = False  # generates with the tiny model (slow: torch starts in every run)
     writes_records: bool = True  # train writes a model dir, not JSONL
-    out_per_input: int = 1
+    out_per_input: float = 1
+    label: str = ""  # the test id when one command is several stages (pair --strategy full-step)
+    streams: bool = True  # writes a record as soon as its input is read (full-step pairs wait for a whole problem)
+
+    @property
+    def id(self) -> str:
+        return self.label or self.name
 
 
 def _problem(i: int) -> dict:
@@ -55,12 +61,24 @@ def _pair_row(i: int) -> dict:
             "Step 1:", "chosen": f" {i} + 2 = {i + 2}", "rejected": f" {i} + 2 = {i + 3}", "answer": str(i + 2)}
 
 
+def _scored(i: int) -> dict:
+    """Sample i of problem i // 2: even samples right, odd ones wrong, PRM-scored."""
+    p = i // 2
+    total = p + 2 + (i % 2)
+    return {"id": f"p{p}/s{i % 2}", "problem_id": f"p{p}", "problem": f"Add: {p} + 2", "answer": str(p + 2),
+            "steps": [f" {p} + 2 = {total}.", f" The answer is {total}."], "correct": i % 2 == 0,
+            "step_rewards": [0.9 - 0.1 * (i % 2), 0.8], "prm_score": 0.85 - 0.05 * (i % 2)}
+
+
 STAGES = [
     Stage("grade", lambda f: [], lambda i: {"id": f"r{i}", "completion": f"so \\boxed{{{i}}}", "answer": str(i)},
           "completion"),
     Stage("localize", lambda f: ["--method", "verifier", "--verifier", f["verifier"]],
           lambda i: {**_problem(i), "steps": [f"{i} + 2 = {i + 2}"]}, "steps"),
     Stage("pair", lambda f: [], _rectified, "candidates"),
+    Stage("pair", lambda f: ["--strategy", "full-step"], _scored, "step_rewards", out_per_input=0.5,
+          label="pair-full-step", streams=False),
+    Stage("score", lambda f: ["--prm", f["prm"](), "--batch-size", "1"], _localized, "steps", model=True),
     Stage("sample", lambda f: ["-m", f["model"], "-n", "2", "--max-tokens", "3", "--batch-size", "2",
                                "--template", "raw"], _problem, "problem", model=True, out_per_input=2),
     Stage("eval", lambda f: ["-m", f["model"], "--max-tokens", "3", "--batch-size", "1", "--template", "raw"],
@@ -77,14 +95,26 @@ def _param(stage: Stage, *, generates: bool):
     """`generates`: this check loads the model (rectify and train load it before reading input) or generates,
     so a model stage is slow here."""
     marks = [pytest.mark.slow] if generates and stage.model else []
-    return pytest.param(stage, id=stage.name, marks=marks)
+    return pytest.param(stage, id=stage.id, marks=marks)
 
 
 @pytest.fixture(scope="module")
 def fixtures(tiny_model, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("contract")
     (root / "verify.py").write_text(VERIFIER)
-    return {"model": tiny_model, "verifier": f"{root / 'verify.py'}:verify"}
+    prm: list[str] = []
+
+    def trained_prm() -> str:  # a PRM from one training step, built on first use
+        if not prm:
+            rows = root / "prm_rows.jsonl"
+            rows.write_bytes(_lines([{**_localized(i), "correct": i % 2 == 0} for i in range(4)]))
+            proc = run_cli("train", "-q", "--objective", "prm", "-m", tiny_model, "--data", str(rows), "--output",
+                           str(root / "prm"), "--max-steps", "1", "--template", "raw", env=ENV)
+            assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+            prm.append(str(root / "prm"))
+        return prm[0]
+
+    return {"model": tiny_model, "verifier": f"{root / 'verify.py'}:verify", "prm": trained_prm}
 
 
 def _lines(records: list[dict]) -> bytes:
@@ -120,7 +150,7 @@ HOSTILE = ["truncated line", "wrong types", "2 MB field", "duplicate ids", "NUL"
 
 
 @pytest.mark.parametrize("case", HOSTILE)
-@pytest.mark.parametrize("stage", [_param(s, generates=s.name in ("rectify", "train")) for s in STAGES])
+@pytest.mark.parametrize("stage", [_param(s, generates=s.name in ("rectify", "train", "score")) for s in STAGES])
 def test_hostile_input_exits_2_naming_file_and_line_and_keeps_the_old_output(stage, case, fixtures, tmp_path):
     data, line, fragment = _hostile(stage, case)
     inp, out = tmp_path / "in.jsonl", tmp_path / ("model_out" if not stage.writes_records else "out.jsonl")
@@ -158,14 +188,14 @@ def uninterrupted(fixtures, tmp_path_factory) -> Callable[[Stage], bytes]:
     cache: dict[str, bytes] = {}
 
     def get(stage: Stage) -> bytes:
-        if stage.name not in cache:
-            root = tmp_path_factory.mktemp(f"clean-{stage.name}")
+        if stage.id not in cache:
+            root = tmp_path_factory.mktemp(f"clean-{stage.id}")
             (root / "in.jsonl").write_bytes(_lines([stage.record(i) for i in range(6)]))
             proc = _run(stage, fixtures, root / "in.jsonl", root / "out.jsonl")
             assert proc.returncode == 0, proc.stderr.decode()[-3000:]
-            cache[stage.name] = (root / "out.jsonl").read_bytes()
-            assert cache[stage.name].count(b"\n") == 6 * stage.out_per_input
-        return cache[stage.name]
+            cache[stage.id] = (root / "out.jsonl").read_bytes()
+            assert cache[stage.id].count(b"\n") == 6 * stage.out_per_input
+        return cache[stage.id]
 
     return get
 
@@ -184,7 +214,7 @@ def test_a_byte_order_mark_and_crlf_read_as_plain_jsonl(stage, case, fixtures, u
 
 # ---------------------------------------------------------------------------------------------- interrupt, resume
 
-@pytest.mark.parametrize("stage", [_param(s, generates=True) for s in RECORD_STAGES])
+@pytest.mark.parametrize("stage", [_param(s, generates=True) for s in RECORD_STAGES if s.streams])
 def test_sigterm_midstream_then_resume_equals_the_uninterrupted_run(stage, fixtures, uninterrupted, tmp_path):
     """Feed 3 of 6 records through a pipe, SIGTERM once they are written: exit 143, the 3 on disk at -o;
     --resume with all 6 then writes exactly what one uninterrupted run writes."""

@@ -48,6 +48,20 @@ def eval_command(
     concurrency: ConcurrencyOpt = None,
     grade_timeout: GradeTimeoutOpt = 5.0,
     backend_option: BackendOptionOpt = None,
+    prm: Annotated[Optional[str], typer.Option("--prm", help="A PRM dir (stepdpo train --objective prm): score every "
+                                                             "sampled solution; with --n K the summary's selectors "
+                                                             "compare best-of-n, weighted-vote and majority on the "
+                                                             "same samples.")] = None,
+    select: Annotated[Optional[str], typer.Option(help="With --prm: the selector whose answer is `prediction` / "
+                                                       "`correct`: best-of-n (default) | weighted-vote | majority.")] = None,
+    aggregate: Annotated[str, typer.Option(help="With --prm: a solution's score from its step rewards: mean | min | "
+                                                "last | prod.")] = "mean",
+    search: Annotated[str, typer.Option(help="none: sample whole solutions | beam: step-level beam search with "
+                                             "--prm (each round: --expand next steps per beam, keep the "
+                                             "--beam-width best by PRM score).")] = "none",
+    beam_width: Annotated[int, typer.Option(help="beam: beams kept per round.")] = 4,
+    expand: Annotated[int, typer.Option(help="beam: next steps sampled per beam per round.")] = 4,
+    max_steps: Annotated[int, typer.Option(help="beam: rounds (steps) at most; --max-tokens bounds each step.")] = 16,
     data_parallel: DataParallelOpt = 1,
     resume: ResumeOpt = False,
     skip_invalid: SkipInvalidOpt = False,
@@ -70,6 +84,8 @@ def eval_command(
                         "--concurrency": concurrency, "--max-line-bytes": max_line_bytes})
     if n > 1 and temperature <= 0:
         log.warn("--n > 1 with temperature 0 gives n identical greedy answers; set --temperature")
+    scorer, rescore = _prm_options(prm, select, aggregate, search, n, beam_width, expand, max_steps, temperature,
+                                   device, dtype, grade_timeout)
     source = load_problems(dataset, split, limit) if dataset else None
     generator = GenerationModel(model, backend, template, n, batch_size, parse_backend_options(backend_option),
                                 device=device, dtype=dtype, base_url=base_url, concurrency=concurrency)
@@ -94,7 +110,8 @@ def eval_command(
         # the workers generate at once: tokens/s is the run's tokens over its wall time (model loads included)
         results.generate_seconds = time.perf_counter() - results.started
         _print_eval_summary(results, n, model, generator, dataset, input, split, limit, stats, summary_path,
-                            temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed, stop=stop)
+                            temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed, stop=stop,
+                            extra=_search_settings(prm, select, aggregate, search, beam_width, expand, max_steps))
         return
     if resume and output:
         for done in finished_records(output):  # the summary covers earlier runs' records too
@@ -103,8 +120,13 @@ def eval_command(
     try:
         with log.progress("eval", total=limit) as advance:
             def stage(records: Iterable[dict]) -> Iterator[dict]:
+                if search == "beam":
+                    return generator.run(records, _beam_stage(scorer, results), beam_width=beam_width, expand=expand,
+                                         max_steps=max_steps, temperature=temperature, top_p=top_p,
+                                         max_step_tokens=max_tokens, how=aggregate, seed=seed,
+                                         grade_timeout=grade_timeout, advance=advance)
                 return generator.run(records, evaluate_records, params=params, seed=seed,
-                                     grade_timeout=grade_timeout, stats=results, advance=advance)
+                                     grade_timeout=grade_timeout, stats=results, advance=advance, rescore=rescore)
 
             stats, _ = run_records(stage, input=input, output=output, resume=resume, skip_invalid=skip_invalid,
                                    validate=validate_problem, source=source, max_line_bytes=max_line_bytes,
@@ -112,16 +134,18 @@ def eval_command(
     finally:
         generator.close()
     _print_eval_summary(results, n, model, generator, dataset, input, split, limit, stats, summary_path,
-                        temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed, stop=stop)
+                        temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed, stop=stop,
+                            extra=_search_settings(prm, select, aggregate, search, beam_width, expand, max_steps))
 
 
 def _print_eval_summary(results: Any, n: int, model: str, generator: "GenerationModel", dataset: str | None,
                         input: str | None, split: str, limit: int | None, stats: ReadStats, summary_path: str | None,
-                        *, temperature: float, top_p: float, max_tokens: int, seed: int, stop: list[str] | None) -> None:
+                        *, temperature: float, top_p: float, max_tokens: int, seed: int, stop: list[str] | None,
+                        extra: dict | None = None) -> None:
     from ..records import atomic_write_json
 
     settings = {"n": n, "temperature": temperature, "top_p": top_p, "max_tokens": max_tokens, "seed": seed,
-                "stop": list(stop or ()), "split": split if dataset else None, "limit": limit}
+                "stop": list(stop or ()), "split": split if dataset else None, "limit": limit, **(extra or {})}
     report = results.summary(n, model=model, backend=generator.kind, template=generator.template,
                              source=dataset or input or "<stdin>", settings=settings, invalid=stats.invalid)
     log.table(f"eval: {model}", results.table_rows(n))
@@ -131,3 +155,60 @@ def _print_eval_summary(results: Any, n: int, model: str, generator: "Generation
     log.summary("eval", {"problems": report["count"], "accuracy": report["accuracy"],
                          "ci95": f"[{low:.3f}, {high:.3f}]", "tokens_per_s": report["tokens_per_s"],
                          "wall_s": report["wall_seconds"]})
+
+
+def _prm_options(prm: str | None, select: str | None, aggregate: str, search: str, n: int, beam_width: int,
+                 expand: int, max_steps: int, temperature: float, device: str, dtype: str, grade_timeout: float):
+    """Check the PRM options (usage errors before anything loads); (lazy PRM or None, eval's rescore hook)."""
+    from ..rewards.prm import AGGREGATES, ProcessRewardModel
+    from ..stages.select import SELECTORS, prm_selector
+
+    if search not in ("none", "beam"):
+        raise InputError(f"{search!r} is not one of none, beam", field="--search")
+    if aggregate not in AGGREGATES:
+        raise InputError(f"{aggregate!r} is not one of {', '.join(AGGREGATES)}", field="--aggregate")
+    if select is not None and select not in SELECTORS:
+        raise InputError(f"{select!r} is not one of {', '.join(SELECTORS)}", field="--select")
+    check_ranges(sizes={"--beam-width": beam_width, "--expand": expand, "--max-steps": max_steps})
+    if prm is None:
+        if search == "beam":
+            raise InputError("beam search needs a step scorer: --prm PATH", field="--search")
+        if select is not None:
+            raise InputError("selecting among samples needs --prm PATH", field="--select")
+        return None, None
+    if search == "beam" and n > 1:
+        raise InputError("beam search returns one solution per problem: leave --n at 1", field="--n")
+    if search == "beam" and expand > 1 and temperature <= 0:
+        log.warn("--search beam with temperature 0 expands every beam into identical steps; set --temperature")
+    scorer = ProcessRewardModel(prm, device=device, dtype=dtype, lazy=True)
+    if search == "beam":
+        return scorer, None
+    return scorer, prm_selector(scorer, select=select or "best-of-n", how=aggregate, grade_timeout=grade_timeout)
+
+
+def _beam_stage(scorer: Any, results: Any):
+    """`stage(records, engine, template=, chunk_size=, ...)` for GenerationModel.run: beam search, tallied."""
+    from ..stages.beam import BeamStats, beam_search_records
+
+    def stage(records: Iterable[dict], engine: Any, *, template: str, chunk_size: int, **options: Any):
+        stats = BeamStats()
+        for record in beam_search_records(records, engine, scorer, template=template, chunk_size=chunk_size,
+                                          stats=stats, **options):
+            results.add(record)
+            results.tokens = results.tokens + record["search"]["num_tokens"]
+            results.generate_seconds = stats.generate_seconds + stats.score_seconds
+            yield record
+
+    return stage
+
+
+def _search_settings(prm: str | None, select: str | None, aggregate: str, search: str, beam_width: int,
+                     expand: int, max_steps: int) -> dict:
+    if prm is None:
+        return {}
+    out: dict[str, Any] = {"prm": prm, "aggregate": aggregate, "search": search}
+    if search == "beam":
+        out.update(beam_width=beam_width, expand=expand, max_steps=max_steps)
+    else:
+        out["select"] = select or "best-of-n"
+    return out

@@ -1,4 +1,4 @@
-"""`stepdpo localize`: the first wrong step of each solution, by judge, rollouts or verifier (stages/localize.py)."""
+"""`stepdpo localize`: the first wrong step of each solution, by judge, rollouts, verifier or PRM (stages/localize.py)."""
 from __future__ import annotations
 
 from typing import Any, Callable, Optional
@@ -20,7 +20,9 @@ EPILOG = "Example: stepdpo localize --method rollout --model hf:ckpt/sft -i wron
 
 
 def localize(
-    method: Annotated[str, typer.Option(help="judge | rollout | verifier.")] = "judge",
+    method: Annotated[str, typer.Option(help="judge | rollout | verifier | prm (a process reward model: the "
+                                              "first step whose reward is below --threshold).")] = "judge",
+    prm: Annotated[Optional[str], typer.Option(help="prm: a PRM dir from `stepdpo train --objective prm`.")] = None,
     judge: Annotated[Optional[str], typer.Option(help="judge: model spec, e.g. openai:gpt-4o or hf:PATH.")] = None,
     judge_prompt: Annotated[Optional[str], typer.Option(help="judge: prompt file with {problem} {answer} {steps}.")] = None,
     judge_endpoint: Annotated[str, typer.Option(help="judge: openai endpoint (chat | completions).")] = "chat",
@@ -39,7 +41,9 @@ def localize(
     concurrency: ConcurrencyOpt = None,
     backend_option: BackendOptionOpt = None,
     rollouts: Annotated[int, typer.Option(help="rollout: continuations per step prefix.")] = 8,
-    threshold: Annotated[float, typer.Option(help="rollout: a prefix whose success rate is <= this is a dead end.")] = 0.0,
+    threshold: Annotated[Optional[float], typer.Option(help="rollout: a prefix whose success rate is <= this is a "
+                                                            "dead end (default 0) | prm: the first step whose "
+                                                            "reward is < this is the error (default 0.5).")] = None,
     search: Annotated[str, typer.Option(help="rollout: linear | binary (OmegaPRM; assumes monotone success).")] = "linear",
     check_root: Annotated[bool, typer.Option(help="rollout: first roll out from the bare problem; never solved -> undecided.")] = False,
     verifier: Annotated[Optional[str], typer.Option(help="verifier: module:function or file.py:function.")] = None,
@@ -103,6 +107,17 @@ def localize(
                    "prompt_name": judge_prompt or "default", "neutral_is_error": neutral_is_error,
                    "max_tokens": judge_max_tokens, "batch_size": batch_size, "seed": seed,
                    "budget": JudgeBudget(max_requests, max_tokens_total)}
+    elif method == "prm":
+        from ..rewards.prm import ProcessRewardModel
+
+        if not prm:
+            raise InputError("--method prm needs --prm PATH (from stepdpo train --objective prm)", field="--prm")
+        threshold = 0.5 if threshold is None else threshold
+        if not 0.0 < threshold <= 1.0:
+            raise InputError("must be in (0, 1]: the first step whose reward is below it is the error",
+                             field="--threshold")
+        model_prm = ProcessRewardModel(prm, device=device, dtype=dtype, lazy=True)  # reads as it was trained
+        options = {"prm": model_prm, "threshold": threshold, "batch_size": batch_size, "spec": prm}
     else:
         from ..localizers.rollout import SEARCHES
 
@@ -112,6 +127,7 @@ def localize(
             raise InputError(f"choose one of {', '.join(SEARCHES)}", field="--search")
         if rollouts < 1:
             raise InputError("must be >= 1", field="--rollouts")
+        threshold = 0.0 if threshold is None else threshold
         if not 0.0 <= threshold < 1.0:
             raise InputError("must be in [0, 1): a prefix is a dead end when its success rate is <= it",
                              field="--threshold")

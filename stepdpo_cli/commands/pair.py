@@ -1,4 +1,5 @@
-"""`stepdpo pair`: Step-DPO, DPO or SFT rows from rectified records (stages/pair.py)."""
+"""`stepdpo pair`: Step-DPO, DPO or SFT rows from rectified records (stages/pair.py), or Full-Step-DPO's pairs
+from PRM-scored samples (--strategy full-step: stages/pair_full_step.py)."""
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -7,14 +8,21 @@ import typer
 from typing_extensions import Annotated
 
 from .. import log
-from ..records import DEFAULT_MAX_LINE_BYTES
+from ..records import DEFAULT_MAX_LINE_BYTES, InputError
 from ..runner import run_records
 from .options import InputOpt, MaxLineBytesOpt, OutputOpt, QuietOpt, ResumeOpt, SkipInvalidOpt, check_ranges
 
-EPILOG = "Example: stepdpo pair -i rectified.jsonl > pairs.jsonl"
+EPILOG = ("Example: stepdpo pair -i rectified.jsonl > pairs.jsonl; stepdpo pair --strategy full-step --top 4 "
+          "-i scored.jsonl > full_step_pairs.jsonl")
+STRATEGIES = ("localize", "full-step")
 
 
 def pair(
+    strategy: Annotated[str, typer.Option(help="localize: from localized + rectified records (Step-DPO; see "
+                                               "--format) | full-step: per problem, the --top best-scored correct x "
+                                               "--top worst-scored wrong solutions of `stepdpo score` output "
+                                               "(Full-Step-DPO); fewer on a side give fewer rows.")] = "localize",
+    top: Annotated[int, typer.Option(help="full-step: solutions kept per side (paper: 4, so 16 pairs).")] = 4,
     format: Annotated[str, typer.Option("--format", help="step (Math-Step-DPO-10K rows) | dpo (whole solutions) | sft (prefix + corrected continuation: the no-preference control).")] = "step",
     chosen_source: Annotated[str, typer.Option(help="model | reference-step (the OOD ablation).")] = "model",
     max_per_problem: Annotated[Optional[int], typer.Option(help="At most this many pairs per problem.")] = None,
@@ -30,6 +38,10 @@ def pair(
     from ..stages.pair import check_pair_options, pair_records, pair_summary, validate_pairable
 
     log.set_quiet(quiet)
+    if strategy not in STRATEGIES:
+        raise InputError(f"{strategy!r} is not one of {', '.join(STRATEGIES)}", field="--strategy")
+    if strategy == "full-step":
+        return _full_step(top, input, output, resume, skip_invalid, max_line_bytes)
     check_pair_options(format, chosen_source)
     check_ranges(sizes={"--max-per-problem": max_per_problem, "--max-line-bytes": max_line_bytes})
     lengths, unit = len, "chars"
@@ -56,3 +68,26 @@ def pair(
         done_filter=done, group_key=lambda row: row.get("source_id"), max_line_bytes=max_line_bytes,
     )
     log.summary("pair", {**pair_summary(counts, unit), "invalid": stats.invalid})
+
+
+def _full_step(top: int, input: str | None, output: str | None, resume: bool, skip_invalid: bool,
+               max_line_bytes: int) -> None:
+    from ..stages.pair_full_step import full_step_pair_records, problem_key, validate_scored
+
+    check_ranges(sizes={"--top": top, "--max-line-bytes": max_line_bytes})
+    counts: dict[str, Any] = {}
+    problems: set[str] = set()
+
+    def done(record: dict, ids: set[str]) -> bool:  # rows are "{problem_id}/fsI-J": a problem is done whole
+        if not problems:
+            problems.update(i.rsplit("/", 1)[0] for i in ids)
+        return problem_key(record) in problems
+
+    stats, _ = run_records(lambda records: full_step_pair_records(records, top=top, counts=counts),
+                           input=input, output=output, resume=resume, skip_invalid=skip_invalid,
+                           validate=validate_scored, done_filter=done, group_key=lambda row: row.get("problem_id"),
+                           max_line_bytes=max_line_bytes)
+    log.summary("pair (full-step)", {"records": counts.get("records", 0), "problems": counts.get("problems", 0),
+                                     "pairs": counts.get("pairs", 0),
+                                     **{k: v for k, v in sorted(counts.items()) if k.startswith("dropped_")},
+                                     "invalid": stats.invalid})

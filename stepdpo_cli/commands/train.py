@@ -1,4 +1,4 @@
-"""`stepdpo train`: SFT, DPO, Step-DPO or Full-Step-DPO; relaunches through accelerate when asked (train/)."""
+"""`stepdpo train`: SFT, DPO, Step-DPO, Full-Step-DPO or a process reward model; relaunches through accelerate when asked (train/)."""
 from __future__ import annotations
 
 import os
@@ -35,7 +35,14 @@ def train(
                                                      "dataset id (e.g. xinlai/Math-Step-DPO-10K).")],
     output: Annotated[str, typer.Option("--output", "-o", help="Output model dir (also checkpoints, ref "
                                                                "log-probs); not --model or inside it.")],
-    objective: Annotated[str, typer.Option(help="sft | dpo | step-dpo | full-step-dpo")] = "step-dpo",
+    objective: Annotated[str, typer.Option(help="sft | dpo | step-dpo | full-step-dpo | prm (a process reward "
+                                                "model: a 1-logit head read at each step's end, binary "
+                                                "cross-entropy; see --prm-labels).")] = "step-dpo",
+    prm_labels: Annotated[str, typer.Option(help="prm: each step's target. final-answer: its solution's "
+                                                 "`correct` (Full-Step-DPO, N=1) | first-error: 1 before a "
+                                                 "localizer's first_error_step, 0 from it | step-scores: rollout "
+                                                 "success rates (soft). TRL rows (prompt, completions, labels) "
+                                                 "use their own labels.")] = "final-answer",
     data_split: Annotated[str, typer.Option(help="Split of a hub dataset or save_to_disk DatasetDict.")] = "train",
     beta: Annotated[float, typer.Option(help="DPO beta.")] = 0.4,
     lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = 5e-7,
@@ -85,16 +92,18 @@ def train(
     skip_invalid: SkipInvalidOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Train with SFT, DPO, Step-DPO or Full-Step-DPO; writes a HF model dir and metrics JSONL on stdout."""
+    """Train with SFT, DPO, Step-DPO, Full-Step-DPO, or a PRM; writes a HF model dir and metrics JSONL on stdout."""
     from ..records import dumps
     from ..train.data import OBJECTIVES
     from ..train.launch import needs_launch, relaunch
+    from ..rewards.labels import LABEL_SOURCES
     from ..train.losses import LOSS_TYPES
 
     log.set_quiet(quiet)
     for name, value, allowed in (("--objective", objective, OBJECTIVES), ("--loss", loss, LOSS_TYPES),
                                  ("--scheduler", scheduler, ("cosine", "linear", "constant")),
-                                 ("--step-text", step_text, ("step-end", "as-given"))):
+                                 ("--step-text", step_text, ("step-end", "as-given")),
+                                 ("--prm-labels", prm_labels, LABEL_SOURCES)):
         if value not in allowed:
             raise InputError(f"{value!r} is not one of {', '.join(allowed)}", field=name)
     from ..train.setup import tracker_names
@@ -105,6 +114,9 @@ def train(
     check_train_output(model, output)
     if max_tokens_per_batch < 0:
         raise InputError("must be >= 0", field="--max-tokens-per-batch")
+    if objective == "prm" and max_tokens_per_batch:
+        raise InputError("packing is for preference pairs; a PRM trains one padded row per solution",
+                         field="--max-tokens-per-batch")
     # Libraries (DeepSpeed's logger, accelerate) print to stdout; stdout must carry only metrics JSONL.
     # Metrics go to a duplicate of the real stdout, and fd 1 is pointed at stderr for everything else
     # (at /dev/null with -q: DeepSpeed print()s banners that no logging setting reaches).
@@ -134,7 +146,7 @@ def train(
         nll_weight=nll_weight, step_temperature=step_temperature, save_steps=save_steps,
         logging_steps=logging_steps, resume=resume, report_to=report_to, deepspeed=deepspeed,
         max_steps=max_steps, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
-        max_tokens_per_batch=max_tokens_per_batch, skip_invalid=skip_invalid,
+        max_tokens_per_batch=max_tokens_per_batch, skip_invalid=skip_invalid, prm_labels=prm_labels,
     )
 
     metrics_out = os.fdopen(metrics_fd, "wb")

@@ -69,12 +69,15 @@ class _Tally:
 class EvalStats:
     overall: _Tally = field(default_factory=_Tally)
     groups: dict[tuple[str, str], _Tally] = field(default_factory=dict)
+    selectors: dict[str, _Tally] = field(default_factory=dict)  # PRM selection: each selector on the same samples
     tokens: int = 0
     generate_seconds: float = 0.0
     started: float = field(default_factory=time.perf_counter)
 
     def add(self, record: dict) -> None:
         self.overall.add(record)
+        for name, chosen in (record.get("selections") or {}).items():
+            self.selectors.setdefault(name, _Tally()).add({"correct": bool(chosen.get("correct"))})
         for name in GROUP_FIELDS:
             if record.get(name) is not None:
                 self.groups.setdefault((name, str(record[name])), _Tally()).add(record)
@@ -83,7 +86,9 @@ class EvalStats:
         by: dict[str, dict[str, dict]] = {}
         for (name, value), tally in sorted(self.groups.items(), key=lambda kv: (kv[0][0], natural_key(kv[0][1]))):
             by.setdefault(name, {})[value] = tally.as_dict(n)
-        return {**self.overall.as_dict(n), "by": by, **context, "tokens": self.tokens,
+        selectors = {name: tally.as_dict(1) for name, tally in self.selectors.items()}
+        return {**self.overall.as_dict(n), "by": by, **({"selectors": selectors} if selectors else {}),
+                **context, "tokens": self.tokens,
                 "tokens_per_s": self.tokens / self.generate_seconds if self.generate_seconds else 0.0,
                 "wall_seconds": time.perf_counter() - self.started}
 
@@ -91,6 +96,8 @@ class EvalStats:
         rows = [{"group": "all", **_row(self.overall.as_dict(n))}]
         for (name, value), tally in sorted(self.groups.items(), key=lambda kv: (kv[0][0], natural_key(kv[0][1]))):
             rows.append({"group": f"{name}={value}", **_row(tally.as_dict(n))})
+        for name, tally in self.selectors.items():
+            rows.append({"group": f"select={name}", **_row(tally.as_dict(1))})
         return rows
 
 
@@ -110,8 +117,12 @@ def _row(stats: dict) -> dict:
 
 def evaluate_records(records: Iterable[dict], backend: Backend, params: SamplingParams, *, template: str,
                      seed: int = 0, chunk_size: int = 16, grade_timeout: float = 5.0, stats: EvalStats | None = None,
-                     advance: Callable[[int], Any] = lambda n: None) -> Iterator[dict]:
-    """Yield each problem record with its evaluation fields; accumulate accuracy in `stats`."""
+                     advance: Callable[[int], Any] = lambda n: None,
+                     rescore: Callable[[list[dict]], Any] | None = None) -> Iterator[dict]:
+    """Yield each problem record with its evaluation fields; accumulate accuracy in `stats`.
+
+    `rescore(chunk)`: runs on each chunk's finished records before they are counted, e.g. PRM selection
+    (stages/select.py), which may set another `prediction`/`correct` and adds `selections`."""
     stats = stats if stats is not None else EvalStats()
     for problems in batched(records, max(1, chunk_size)):
         outputs, seeds, seconds = generate_for_problems(problems, backend, params, template=template, seed=seed,
@@ -119,6 +130,7 @@ def evaluate_records(records: Iterable[dict], backend: Backend, params: Sampling
         stats.generate_seconds += seconds
         chunk_graded = iter(grade_many([(c.text, p["answer"]) for p, cs in zip(problems, outputs) for c in cs],
                                        timeout=grade_timeout))  # the chunk at once: one slow answer stalls no other
+        finished = []
         for problem, completions, problem_seed in zip(problems, outputs, seeds):
             graded = [next(chunk_graded) for _ in completions]
             record = {**problem, "template": template,
@@ -141,7 +153,12 @@ def evaluate_records(records: Iterable[dict], backend: Backend, params: Sampling
                     correct=majority is not None and answers_match(majority, problem["answer"], timeout=grade_timeout),
                     pass_at_k=any(ok for _, _, ok in graded),
                     mean_correct=sum(ok for _, _, ok in graded) / len(graded),
+                    completions_correct=[ok for _, _, ok in graded],
                 )
+            finished.append(record)
+        if rescore is not None:
+            rescore(finished)
+        for record in finished:
             stats.add(record)
             advance(1)
             yield record

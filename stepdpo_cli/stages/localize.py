@@ -1,8 +1,8 @@
-"""`stepdpo localize`: find the first wrong step of each sampled solution (judge, rollout or verifier).
+"""`stepdpo localize`: find the first wrong step of each sampled solution (judge, rollout, verifier or PRM).
 
 Adds `first_error_step` (1-based, or null), `localize_status` (error_found | no_error | undecided),
 `localizer` ({method, settings...}) and the method's evidence (`judge_raw`/`step_verdicts`,
-`step_scores`/`rollouts_spent`, `step_verdicts`/`reference_step`; the judge's token usage `judge_usage`). Every
+`step_scores`/`rollouts_spent`, `step_verdicts`/`reference_step`, `step_rewards`; the judge's token usage `judge_usage`). Every
 record is kept: `pair` skips the ones without an error step.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any, Iterable, Iterator
 from ..records import InputError, normalize_problem
 from ..steps import split_steps
 
-METHODS = ("judge", "rollout", "verifier")
+METHODS = ("judge", "rollout", "verifier", "prm")
 
 
 def validate_localizable(record: dict) -> dict:
@@ -38,7 +38,7 @@ def localize_records(records: Iterable[dict], method: str, *, counts: dict | Non
     """Dispatch to a localizer; counts records per `localize_status` into `counts` (for the summary).
 
     Options by method: verifier(fn=, spec=); judge(backend=, spec=, prompt_template=, ...);
-    rollout(backend=, spec=, rollouts=, threshold=, search=, ...). See the localizers' signatures.
+    rollout(backend=, spec=, rollouts=, threshold=, search=, ...); prm(prm=, threshold=, spec=). See the localizers' signatures.
     """
     counts = counts if counts is not None else {}
     if method == "verifier":
@@ -53,6 +53,10 @@ def localize_records(records: Iterable[dict], method: str, *, counts: dict | Non
         from ..localizers.rollout import rollout_records
 
         stream = rollout_records(records, counts=counts, **options)
+    elif method == "prm":
+        from ..localizers.prm import prm_localize_records
+
+        stream = prm_localize_records(records, **options)
     else:
         raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}", field="--method")
     for item in stream:

@@ -78,7 +78,7 @@ def _step_labels(record: dict, k: int, chosen_text: str, rejected_text: str) -> 
 # (their content is in the pair's own fields or its provenance). Every other input field is copied.
 _NOT_COPIED = frozenset({"problem", "completion", "steps", "prediction", "correct", "candidates", "generation",
                          "sample_index", "judge_raw", "step_verdicts", "step_scores", "rollouts_spent", "rectify",
-                         "localize_status", "reference_step"})
+                         "localize_status", "reference_step", "step_rewards", "prm_score", "prm"})
 
 
 def check_pair_options(format: str, chosen_source: str) -> None:

@@ -21,7 +21,7 @@ from ..records import PROBLEM_ALIASES, InputError, content_id
 from ..steps import COT_INTRO, STEP_PREFIX, split_steps
 from ..templates import encode_context, generation_prompt  # noqa: F401 - encode_context: one rule for all
 
-OBJECTIVES = ("sft", "dpo", "step-dpo", "full-step-dpo")
+OBJECTIVES = ("sft", "dpo", "step-dpo", "full-step-dpo", "prm")
 # step-end: a step the solution continues ends with its newline (what the model emits; see with_step_end).
 # as-given: `chosen`/`rejected` scored exactly as written, as the official StepDPOTrainer does.
 STEP_TEXTS = ("step-end", "as-given")
@@ -41,6 +41,8 @@ class Example:
     rejected_steps: list[int] = field(default_factory=list)
     chosen_scores: list[float] = field(default_factory=list)
     rejected_scores: list[float] = field(default_factory=list)
+    label_positions: list[int] = field(default_factory=list)  # prm: index into `chosen` of each step's last token
+    labels: list[float] = field(default_factory=list)  # prm: each step's target in [0, 1]
 
     @property
     def num_tokens(self) -> int:
@@ -77,11 +79,15 @@ def _scores(record: dict, name: str, text: str) -> list[float]:
     return [float(v) for v in value]
 
 
-def validator(objective: str) -> Callable[[dict], dict]:
+def validator(objective: str, prm_labels: str = "final-answer") -> Callable[[dict], dict]:
     """A `validate` function for `records.iter_jsonl`: checks the fields `objective` needs (InputError names them)."""
     if objective not in OBJECTIVES:
         raise InputError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}",
                          field="--objective")
+    if objective == "prm":
+        from ..rewards.labels import prm_validator
+
+        return prm_validator(prm_labels)
 
     def validate(record: dict) -> dict:
         _text_field(record, PROMPT_FIELDS)

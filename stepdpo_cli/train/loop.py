@@ -27,8 +27,8 @@ from ..records import InputError, atomic_write_json, derive_seed
 from ..templates import MODEL_META_FILE, template_for_model
 from . import packing
 from .data import EncodeStats, Example, encode_rows, pack, token_logps, validator
-from .losses import (LossConfig, chosen_nll, full_step_logps, preference_loss, segment_sums, sft_loss, step_sums,
-                     step_weights)
+from .losses import (LossConfig, chosen_nll, full_step_logps, preference_loss, prm_loss, segment_sums, sft_loss,
+                     step_sums, step_weights)
 from .setup import (TrainConfig, epoch_batches, init_trackers, keep_host_memory, load_model, make_accelerator,
                     make_optimizer, progress_status, schedule, tracker_names)
 
@@ -59,6 +59,25 @@ def forward(model, examples: list[Example], pad_id: int, device, dtype: torch.dt
         setattr(batch, name, getattr(batch, name).to(device))
     logits = model(**batch.model_inputs()).logits
     return batch, token_logps(logits, batch)
+
+
+def prm_forward(model, examples: list[Example], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """PRM forward: (step-end logits, step targets), flattened over the micro-batch. One right-padded row
+    per solution [context | solution]; the head's logit is read at each step's last token (rewards/prm.py)."""
+    width = max(e.num_tokens for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    rows, cols, labels = [], [], []
+    for b, e in enumerate(examples):
+        seq = e.prefix + e.chosen
+        ids[b, :len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[b, :len(seq)] = 1
+        rows += [b] * len(e.label_positions)
+        cols += [len(e.prefix) + p for p in e.label_positions]
+        labels += e.labels
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[..., 0]
+    return logits[torch.tensor(rows, device=device), torch.tensor(cols, device=device)], \
+        torch.tensor(labels, dtype=torch.float32, device=device)
 
 
 def _num_steps(example: Example, which: int) -> int:
@@ -132,8 +151,20 @@ def read_examples(config: TrainConfig, tokenizer, template: str) -> tuple[list[E
     from ..datasets import iter_rows  # JSONL, or a hub id / save_to_disk / parquet through `datasets`
 
     stats = EncodeStats()
-    rows = iter_rows(config.data, split=config.data_split, validate=validator(config.objective),
+    rows = iter_rows(config.data, split=config.data_split, validate=validator(config.objective, config.prm_labels),
                      skip_invalid=config.skip_invalid, log=log.warn)
+    if config.objective == "prm":
+        from ..rewards.labels import PrmEncodeStats, encode_prm_rows
+
+        prm_stats = PrmEncodeStats()
+        examples = encode_prm_rows(rows, tokenizer, template, config.prm_labels, config.max_length, prm_stats,
+                                   max_prompt_length=config.max_prompt_length)
+        stats.rows, stats.truncated = prm_stats.rows, prm_stats.truncated
+        if prm_stats.unlabelled:
+            log.warn(f"skipped {prm_stats.unlabelled} row(s) with no label (localize_status undecided)")
+        if not examples:
+            raise InputError("no usable training rows", source=config.data)
+        return examples, stats
     examples = encode_rows(rows, tokenizer, template, config.objective, config.max_length, stats,
                            max_prompt_length=config.max_prompt_length, step_text=config.step_text)
     if not examples:
@@ -164,7 +195,7 @@ def train(config: TrainConfig, emit: Callable[[dict], None] | None = None) -> di
     torch.manual_seed(derive_seed(config.seed, "init", rank))
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if config.objective != "step-dpo" and tokenizer.eos_token_id is None:
+    if config.objective not in ("step-dpo", "prm") and tokenizer.eos_token_id is None:
         raise InputError("the tokenizer has no EOS token, needed after whole solutions", field="--model")
     template = template_for_model(config.template, model_path, tokenizer)
     examples, stats = read_examples(config, tokenizer, template)
@@ -177,8 +208,8 @@ def train(config: TrainConfig, emit: Callable[[dict], None] | None = None) -> di
             log.warn(f"truncated {stats.truncated} row(s) to --max-length {config.max_length}")
 
     model = load_model(config, model_path)
-    packing_plan = packing.plan_for(model, config.max_tokens_per_batch, accelerator.device,
-                                    deepspeed=bool(config.deepspeed), say=main)
+    packing_plan = None if config.objective == "prm" else packing.plan_for(
+        model, config.max_tokens_per_batch, accelerator.device, deepspeed=bool(config.deepspeed), say=main)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(config, trainable, accelerator)
     steps_per_epoch, total_steps = schedule(config, len(examples), world)
@@ -339,6 +370,12 @@ def _loss_units(examples: list[Example], lc: LossConfig) -> float:
 
 def _micro_step(model, examples: list[Example], ref: dict, lc: LossConfig, pad_id: int, device, dtype,
                 packing_plan: packing.Plan | None = None):
+    if lc.objective == "prm":
+        logits, labels = prm_forward(model, examples, pad_id, device)
+        loss = prm_loss(logits, labels)
+        predicted = (logits.detach() > 0).float()
+        return loss, {"loss": loss.item(), "step_accuracy": (predicted == (labels > 0.5).float()).float().mean().item(),
+                      "mean_reward": torch.sigmoid(logits.detach().float()).mean().item()}
     batch, tok = forward(model, examples, pad_id, device, dtype, packing_plan)
     if lc.objective == "sft":
         loss = sft_loss(tok, batch.segment)
@@ -388,7 +425,7 @@ def _log_metrics(accelerator, window: dict, step: int, steps_per_epoch: int, lr:
     metrics.update({n: float(values[i]) for i, n in enumerate(names)})
     metrics["lr"] = lr
     metrics["tokens_per_s"] = round(float(values[-1]) / max(seconds, 1e-9), 1)
-    order = ["step", "epoch", "loss", "reward_accuracy", "chosen_reward", "rejected_reward", "margin",
+    order = ["step", "epoch", "loss", "reward_accuracy", "step_accuracy", "mean_reward", "chosen_reward", "rejected_reward", "margin",
              "chosen_logp", "rejected_logp", "lr", "grad_norm", "tokens_per_s"]
     metrics = {k: metrics[k] for k in order if k in metrics}
     if accelerator.is_main_process and emit is not None:
@@ -411,9 +448,18 @@ def _save_model(accelerator, model, tokenizer, config: TrainConfig, template: st
         unwrapped.save_pretrained(config.output, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(config.output)
         meta = {"template": template, "objective": config.objective, "base_model": model_path,
+                **({"prm": {"labels": config.prm_labels, "step_format": prm_step_format(), "head": "1 logit per "
+                            "token (AutoModelForTokenClassification); reward = sigmoid at each step's last token"}}
+                   if config.objective == "prm" else {}),
                 "lora": config.lora, "lora_merged": config.lora and config.merge_lora,
                 "config": {k: v for k, v in asdict(config).items() if k not in ("extra",)}, "summary": summary}
         atomic_write_json(os.path.join(config.output, MODEL_META_FILE), meta)
         log.summary("train", {k: summary[k] for k in ("objective", "steps", "rows", "seconds", "loss",
-                                                      "reward_accuracy") if k in summary})
+                                                      "reward_accuracy", "step_accuracy") if k in summary})
     accelerator.wait_for_everyone()
+
+
+def prm_step_format() -> str:
+    from ..rewards.prm import STEP_FORMAT
+
+    return STEP_FORMAT

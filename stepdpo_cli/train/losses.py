@@ -1,5 +1,5 @@
 """Losses: SFT (token NLL), DPO / Step-DPO (sigmoid or IPO, cDPO label smoothing, NLL on chosen),
-Full-Step-DPO (per-step weighted log-ratios). Pure tensor functions, testable by hand.
+Full-Step-DPO (per-step weighted log-ratios), the PRM's step classification. Pure tensor functions, testable by hand.
 
 Log-probs are SUMS over continuation tokens (the step for Step-DPO, the solution for DPO), never means.
 """
@@ -92,3 +92,9 @@ def sft_loss(tok_logps: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:
 def chosen_nll(policy_chosen: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:
     """(B,) per-token NLL of each chosen continuation (the RPO-style NLL term)."""
     return -policy_chosen / (segment == 1).sum(-1).clamp(min=1)
+
+
+def prm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of step-end logits against step targets in [0, 1] (hard 0/1 or soft rollout
+    success rates), averaged over the micro-batch's labelled steps; computed from logits (no log of 0)."""
+    return F.binary_cross_entropy_with_logits(logits.float(), labels.float())

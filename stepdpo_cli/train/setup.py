@@ -58,11 +58,12 @@ class TrainConfig:
     max_tokens_per_batch: int = 0  # > 0: padding-free rows of several pairs, <= this many tokens each (packing.py)
     data_split: str = "train"  # --data-split: for hub ids and save_to_disk DatasetDicts
     skip_invalid: bool = False  # --skip-invalid: bad rows are logged and skipped instead of exit 2
+    prm_labels: str = "final-answer"  # objective prm: final-answer | first-error | step-scores (rewards/labels.py)
     extra: dict = field(default_factory=dict)
 
     @property
     def preference(self) -> bool:
-        return self.objective != "sft"
+        return self.objective not in ("sft", "prm")
 
     def loss_config(self) -> LossConfig:
         return LossConfig(self.objective, self.beta, self.loss, self.label_smoothing, self.nll_weight,
@@ -110,7 +111,8 @@ def init_trackers(accelerator, config: TrainConfig, trackers: list[str]) -> None
 
 def progress_status(metrics: dict) -> str:
     """The progress bar's text: the last logged loss and reward accuracy."""
-    parts = [f"{name} {metrics[key]:.4f}" for key, name in (("loss", "loss"), ("reward_accuracy", "reward acc"))
+    parts = [f"{name} {metrics[key]:.4f}" for key, name in (("loss", "loss"), ("reward_accuracy", "reward acc"),
+                                                                     ("step_accuracy", "step acc"))
              if isinstance(metrics.get(key), float)]
     return "  ".join(parts)
 
@@ -172,15 +174,19 @@ def make_accelerator(config: TrainConfig):
 
 
 def load_model(config: TrainConfig, model_path: str):
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
 
     # --bf16 keeps fp32 master weights and runs the forward under bf16 autocast: at the paper's lr (5e-7) an
     # AdamW update is ~lr per weight, far below bf16's resolution (2^-8 relative), so weights stored in bf16
     # would round most updates away (measured: ~1% of a bf16 tensor's entries change in 20 steps).
     # --pure-bf16 stores them in bf16 anyway, for those who need the memory.
     dtype = torch.bfloat16 if config.pure_bf16 else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype,
-                                                 attn_implementation=config.attn_implementation)
+    if config.objective == "prm":  # the causal LM's body + a fresh 1-label head (rewards/prm.py)
+        model = AutoModelForTokenClassification.from_pretrained(model_path, dtype=dtype, num_labels=1,
+                                                                attn_implementation=config.attn_implementation)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype,
+                                                     attn_implementation=config.attn_implementation)
     model.config.use_cache = False
     _disable_dropout(model)
     if config.gradient_checkpointing:
@@ -191,7 +197,8 @@ def load_model(config: TrainConfig, model_path: str):
         if config.gradient_checkpointing:
             model.enable_input_require_grads()
         lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
-                          target_modules="all-linear", task_type="CAUSAL_LM")
+                          target_modules="all-linear",
+                          task_type="TOKEN_CLS" if config.objective == "prm" else "CAUSAL_LM")
         model = get_peft_model(model, lora)
     return model
 
