@@ -15,10 +15,9 @@ marker in a step is dropped, since stepdpo writes its own.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
-from ..records import InputError, content_id
+from ..records import InputError
 from ..steps import split_steps
 
 LABEL_SOURCES = ("final-answer", "first-error", "step-scores")
@@ -33,7 +32,7 @@ def is_trl_row(record: dict) -> bool:
     return "completions" in record and "labels" in record
 
 
-def _problem(record: dict) -> str:
+def problem_text(record: dict) -> str:
     for name in ("problem", "prompt", "question", "instruction"):
         if isinstance(record.get(name), str):
             return record[name]
@@ -82,7 +81,7 @@ def prm_validator(source: str):
         raise InputError(f"{source!r} is not one of {', '.join(LABEL_SOURCES)}", field="--prm-labels")
 
     def validate(record: dict) -> dict:
-        _problem(record)
+        problem_text(record)
         if is_trl_row(record):
             completions, labels = record["completions"], record["labels"]
             if not isinstance(completions, list) or not completions or not all(isinstance(c, str) for c in completions):
@@ -113,40 +112,3 @@ def prm_validator(source: str):
         return record
 
     return validate
-
-
-@dataclass
-class PrmEncodeStats:
-    rows: int = 0
-    unlabelled: int = 0
-    truncated: int = 0
-
-
-def encode_prm_rows(rows: Iterable[dict], tokenizer: Any, template: str, source: str, max_length: int,
-                    stats: PrmEncodeStats | None = None, *, max_prompt_length: int = 512) -> list:
-    """Validated rows -> train `Example`s: context ids, solution ids, step-end positions and targets."""
-    from ..train.data import Example, _truncate
-    from .prm import encode_steps, prm_context
-
-    stats = stats if stats is not None else PrmEncodeStats()
-    examples = []
-    for row in rows:
-        stats.rows += 1
-        labels = step_labels(row, source)
-        if labels is None:
-            stats.unlabelled += 1
-            continue
-        bodies = trl_steps(row["completions"]) if is_trl_row(row) else record_steps(row)
-        context = prm_context(_problem(row), template, tokenizer)
-        prefix, ids, positions = encode_steps(tokenizer, context, bodies)
-        cut = _truncate(prefix, [ids], max_length, max_prompt_length, tokenizer.bos_token_id)
-        if cut:
-            stats.truncated += 1
-            prefix, (ids,) = cut
-            kept = [(p, y) for p, y in zip(positions, labels) if p < len(ids)]
-            if not kept:
-                continue
-            positions, labels = [p for p, _ in kept], [y for _, y in kept]
-        examples.append(Example(key=content_id("prm", context, *bodies, *map(str, labels)), prefix=prefix,
-                                chosen=ids, label_positions=positions, labels=labels))
-    return examples

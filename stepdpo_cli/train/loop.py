@@ -154,7 +154,7 @@ def read_examples(config: TrainConfig, tokenizer, template: str) -> tuple[list[E
     rows = iter_rows(config.data, split=config.data_split, validate=validator(config.objective, config.prm_labels),
                      skip_invalid=config.skip_invalid, log=log.warn)
     if config.objective == "prm":
-        from ..rewards.labels import PrmEncodeStats, encode_prm_rows
+        from .prm_data import PrmEncodeStats, encode_prm_rows
 
         prm_stats = PrmEncodeStats()
         examples = encode_prm_rows(rows, tokenizer, template, config.prm_labels, config.max_length, prm_stats,

@@ -182,8 +182,15 @@ def load_model(config: TrainConfig, model_path: str):
     # --pure-bf16 stores them in bf16 anyway, for those who need the memory.
     dtype = torch.bfloat16 if config.pure_bf16 else torch.float32
     if config.objective == "prm":  # the causal LM's body + a fresh 1-label head (rewards/prm.py)
-        model = AutoModelForTokenClassification.from_pretrained(model_path, dtype=dtype, num_labels=1,
-                                                                attn_implementation=config.attn_implementation)
+        from transformers.utils import logging as hf_logging
+
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # the new head is the point, not a "MISSING weights" warning
+        try:
+            model = AutoModelForTokenClassification.from_pretrained(model_path, dtype=dtype, num_labels=1,
+                                                                    attn_implementation=config.attn_implementation)
+        finally:
+            hf_logging.set_verbosity(level)
     else:
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype,
                                                      attn_implementation=config.attn_implementation)
