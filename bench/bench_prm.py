@@ -4,7 +4,8 @@ On one tiny model built locally (no downloads): its causal LM samples N solution
 backend, and a PRM made from the same checkpoint (`train --objective prm`, 1 step: its speed, not its
 judgement, is measured here) scores every step of every solution. Prints
 
-  PRM scoring: steps/s and tokens/s at --batch-size B (fixed-shape batches, rewards/prm.py);
+  PRM scoring: steps/s and tokens/s at --batch-size B (fixed-shape batches, rewards/prm.py) on six-step
+               solutions of the same problems;
   best-of-N:   seconds to sample N solutions, seconds to score them, and (sample + score) / sample: what picking
                with the PRM adds to plain sampling of the same N.
 
@@ -60,10 +61,17 @@ def main() -> int:
         start = time.perf_counter()
         prm.score(items)
         score_s = time.perf_counter() - start
-        steps, tokens = prm.stats.steps, prm.stats.tokens
         generated = sum(c.num_tokens for cs in outputs for c in cs)
-    print(f"PRM scoring: {len(items)} solutions, {steps} steps, {tokens} tokens in {score_s:.2f}s: "
-          f"{steps / score_s:.0f} steps/s, {tokens / score_s:.0f} tokens/s (batch {args.batch_size})")
+        # Throughput on step-wise solutions (a random model writes no step markers): 6 steps each.
+        stepwise = [(p, [f" In month {k} she sold {40 + i + k} clips, {k * 3} more than before." for k in range(6)])
+                    for i, p in enumerate(problems) for _ in range(args.n)]
+        prm.stats.__init__()
+        start = time.perf_counter()
+        prm.score(stepwise)
+        step_s = time.perf_counter() - start
+        steps, tokens = prm.stats.steps, prm.stats.tokens
+    print(f"PRM scoring: {len(stepwise)} six-step solutions, {steps} steps, {tokens} tokens in {step_s:.2f}s: "
+          f"{steps / step_s:.0f} steps/s, {tokens / step_s:.0f} tokens/s (batch {args.batch_size})")
     print(f"best-of-{args.n}: sampling {sample_s:.2f}s ({generated} tokens), scoring {score_s:.2f}s; "
           f"(sample + score) / sample = {(sample_s + score_s) / sample_s:.2f}x")
     return 0
