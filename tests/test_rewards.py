@@ -291,3 +291,16 @@ def test_selectors_on_the_same_samples(trained):
     summary = stats.summary(3)
     assert {k: v["accuracy"] for k, v in summary["selectors"].items()} == {
         "best-of-n": 1.0, "weighted-vote": 1.0, "majority": 0.0}
+
+
+@pytest.mark.slow
+def test_score_over_two_workers_equals_one_process(trained, tmp_path):
+    held = str(trained["held"])
+    outs = {}
+    for workers in ("1", "2"):
+        out = tmp_path / f"w{workers}.jsonl"
+        proc = run_cli("score", "--prm", trained["prm"], "-i", held, "-o", str(out), "--data-parallel", workers,
+                       "-q", env=ENV)
+        assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+        outs[workers] = out.read_bytes()
+    assert outs["1"] == outs["2"] and outs["1"].count(b"\n") == 40

@@ -103,6 +103,12 @@ class ScoreStats:
     tokens: int = 0
     seconds: float = 0.0
 
+    def add(self, rewards: list[list[float]], tokens: int, seconds: float) -> None:
+        self.solutions += len(rewards)
+        self.steps += sum(len(r) for r in rewards)
+        self.tokens += tokens
+        self.seconds += seconds
+
 
 class ProcessRewardModel:
     """A trained PRM on the hf stack: `score([(problem, bodies), ...])` -> step rewards in [0, 1]."""
@@ -187,10 +193,7 @@ class ProcessRewardModel:
                     values = torch.sigmoid(logits[..., 0].float()).cpu()
                     for row, i in enumerate(chunk):
                         out[i] = [float(values[row, p]) for p in encoded[i][1]]
-                        self.stats.tokens += len(encoded[i][0])
-        self.stats.seconds += time.perf_counter() - start
-        self.stats.solutions += len(items)
-        self.stats.steps += sum(len(r) for r in out)
+        self.stats.add(out, sum(len(ids) for ids, _ in encoded), time.perf_counter() - start)
         return out
 
     def close(self) -> None:
@@ -251,10 +254,7 @@ class VLLMProcessRewardModel(ProcessRewardModel):
         for (ids, positions), output in zip(encoded, outputs):
             logits = self._torch.as_tensor(output.outputs.data).float().reshape(len(ids), -1)[:, 0]
             out.append([float(v) for v in self._torch.sigmoid(logits[positions])])
-            self.stats.tokens += len(ids)
-        self.stats.seconds += time.perf_counter() - start
-        self.stats.solutions += len(items)
-        self.stats.steps += sum(len(r) for r in out)
+        self.stats.add(out, sum(len(ids) for ids, _ in encoded), time.perf_counter() - start)
         return out
 
     def close(self) -> None:
