@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from conftest import run_cli
+from stepdpo_cli.records import InputError
 from stepdpo_cli.train.loop import REF_FILE, TrainConfig, train
 
 pytestmark = pytest.mark.timeout(600)
@@ -345,3 +346,21 @@ def test_cpu_training_reuses_freed_activation_memory():
     # largest block once or twice (211-6144), however many steps run: the kept run's faults do not grow per step
     assert faults["default"] > pages_touched // 10, faults
     assert faults["keep"] <= 2 * largest_block < faults["default"], faults
+
+
+def test_a_rows_label_smoothing_trains_as_cdpo_with_that_epsilon(tiny_model, tmp_path):
+    """Rows carrying label_smoothing 0.3 train exactly as --label-smoothing 0.3 on the same rows without it,
+    and differently from plain DPO."""
+    plain = _pairs(tmp_path / "plain.jsonl", n=8)
+    rows = [json.loads(line) for line in open(plain)]
+    own = tmp_path / "own.jsonl"
+    own.write_text("".join(json.dumps({**r, "label_smoothing": 0.3}) + "\n" for r in rows))
+    by_row = _run(_config(tiny_model, str(own), tmp_path / "a", max_steps=3))
+    by_option = _run(_config(tiny_model, plain, tmp_path / "b", max_steps=3, label_smoothing=0.3))
+    dpo = _run(_config(tiny_model, plain, tmp_path / "c", max_steps=3))
+    assert [m["loss"] for m in by_row] == pytest.approx([m["loss"] for m in by_option], abs=1e-6)
+    assert by_row[-1]["loss"] != pytest.approx(dpo[-1]["loss"], abs=1e-4)
+    own.write_text(json.dumps({**rows[0], "label_smoothing": 0.7}) + "\n")
+    with pytest.raises(InputError) as bad:
+        _run(_config(tiny_model, str(own), tmp_path / "d", max_steps=1))
+    assert bad.value.field == "label_smoothing"

@@ -87,3 +87,19 @@ def test_full_step_weights_act_outside_the_sigmoid():
     # the weights inside the sigmoid (the old code) would give another coefficient
     h_inside = ((chosen_steps.detach() * wc).sum() - (-11.0)) - ((rejected_steps.detach() * wr).sum() - (-11.5))
     assert _sig(-beta * h_inside.item()) != pytest.approx(_sig(-beta * h))
+
+
+def test_a_label_smoothing_per_pair_is_cdpo_with_each_pairs_epsilon():
+    from stepdpo_cli.train.losses import preference_loss
+
+    pc, pr = torch.tensor([-1.0, -2.0, -0.5]), torch.tensor([-1.5, -1.0, -3.0])
+    rc, rr = torch.tensor([-1.2, -1.9, -1.0]), torch.tensor([-1.4, -1.2, -2.0])
+    eps = torch.tensor([0.0, 0.2, 0.5])
+    rowwise, _, _ = preference_loss(pc, pr, rc, rr, beta=0.4, label_smoothing=eps)
+    for i in range(3):
+        alone, _, _ = preference_loss(pc[i:i + 1], pr[i:i + 1], rc[i:i + 1], rr[i:i + 1], beta=0.4,
+                                      label_smoothing=float(eps[i]))
+        h = (pc[i] - rc[i]) - (pr[i] - rr[i])
+        by_hand = -(1 - eps[i]) * torch.log(torch.sigmoid(0.4 * h)) - eps[i] * torch.log(torch.sigmoid(-0.4 * h))
+        assert rowwise[i].item() == pytest.approx(alone.item(), abs=1e-7)
+        assert rowwise[i].item() == pytest.approx(by_hand.item(), abs=1e-6)

@@ -73,7 +73,8 @@ def train(
     step_text: Annotated[str, typer.Option(help="step-end: a step the solution continues ends with its newline | "
                                                 "as-given: score chosen/rejected exactly as written (official).")] = "step-end",
     loss: Annotated[str, typer.Option(help="sigmoid (DPO) | ipo")] = "sigmoid",
-    label_smoothing: Annotated[float, typer.Option(help="cDPO label smoothing (sigmoid loss).")] = 0.0,
+    label_smoothing: Annotated[float, typer.Option(help="cDPO label smoothing (sigmoid loss); a row's own "
+                                                        "`label_smoothing` field (tree pairs) wins for that row.")] = 0.0,
     nll_weight: Annotated[float, typer.Option(help="Weight of a per-token NLL term on chosen.")] = 0.0,
     step_temperature: Annotated[float, typer.Option(help="full-step-dpo: gamma in softmax(gamma * step score).")] = 0.5,
     save_steps: Annotated[int, typer.Option(help="Checkpoint every N steps (0: never).")] = 0,

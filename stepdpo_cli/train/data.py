@@ -43,6 +43,7 @@ class Example:
     rejected_scores: list[float] = field(default_factory=list)
     label_positions: list[int] = field(default_factory=list)  # prm: index into `chosen` of each step's last token
     labels: list[float] = field(default_factory=list)  # prm: each step's target in [0, 1]
+    label_smoothing: float | None = None  # the row's own cDPO epsilon (tree pairs: from visit counts)
 
     @property
     def num_tokens(self) -> int:
@@ -97,6 +98,10 @@ def validator(objective: str, prm_labels: str = "final-answer") -> Callable[[dic
             return record
         chosen = _text_field(record, ("chosen",))
         rejected = _text_field(record, ("rejected",))
+        smoothing = record.get("label_smoothing")
+        if smoothing is not None and (not isinstance(smoothing, (int, float)) or isinstance(smoothing, bool)
+                                      or not 0.0 <= smoothing <= 0.5):
+            raise InputError("must be a number in [0, 0.5] (this pair's cDPO epsilon)", field="label_smoothing")
         if objective == "full-step-dpo":
             _scores(record, "chosen_step_scores", _strip_intro(chosen, steps_given))
             _scores(record, "rejected_step_scores", _strip_intro(rejected, steps_given))
@@ -217,6 +222,8 @@ def encode_rows(rows: Iterable[dict], tokenizer: Any, template: str, objective: 
                           chosen_steps=encoded[0][1][: len(conts[0])])
         if len(conts) > 1:
             example.rejected, example.rejected_steps = conts[1], encoded[1][1][: len(conts[1])]
+            if row.get("label_smoothing") is not None:
+                example.label_smoothing = float(row["label_smoothing"])
         if with_steps:
             example.chosen_scores = [float(s) for s in row["chosen_step_scores"]]
             example.rejected_scores = [float(s) for s in row["rejected_step_scores"]]

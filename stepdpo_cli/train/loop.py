@@ -390,8 +390,13 @@ def _micro_step(model, examples: list[Example], ref: dict, lc: LossConfig, pad_i
         wc = [step_weights(e.chosen_scores, lc.step_temperature, chosen=True) for e in examples]
         wr = [step_weights(e.rejected_scores, lc.step_temperature, chosen=False) for e in examples]
         pc, pr = full_step_logps(pc, _weighted(pol_c, wc)), full_step_logps(pr, _weighted(pol_r, wr))
+    # A row's own `label_smoothing` (tree pairs' visit-count confidence) replaces --label-smoothing for that row.
+    smoothing: float | torch.Tensor = lc.label_smoothing
+    if any(e.label_smoothing is not None for e in examples):
+        smoothing = torch.tensor([lc.label_smoothing if e.label_smoothing is None else e.label_smoothing
+                                  for e in examples], dtype=pc.dtype, device=pc.device)
     losses, chosen_rewards, rejected_rewards = preference_loss(pc, pr, rc, rr, beta=lc.beta, loss=lc.loss,
-                                                               label_smoothing=lc.label_smoothing)
+                                                               label_smoothing=smoothing)
     loss = losses.mean()
     chosen_sum, rejected_sum = segment_sums(tok, batch.segment)
     if lc.nll_weight:

@@ -64,8 +64,9 @@ def full_step_logps(total: torch.Tensor, weighted: torch.Tensor) -> torch.Tensor
 
 def preference_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
                     ref_rejected: torch.Tensor, *, beta: float, loss: str = "sigmoid",
-                    label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    label_smoothing: float | torch.Tensor = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-pair losses and the implicit rewards beta * (log pi - log ref) of chosen and rejected.
+    `label_smoothing`: one eps for all pairs, or (B,) one per pair (rows with their own `label_smoothing`).
 
     sigmoid: -(1-eps) log s(beta h) - eps log s(-beta h)   (eps = label smoothing, cDPO; eps 0 = DPO)
     ipo:     (h - 1/(2 beta))^2                             (Azar et al.; h on summed log-probs)
