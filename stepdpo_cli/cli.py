@@ -14,7 +14,7 @@ from typing import Any
 import typer
 from typing_extensions import Annotated
 
-from .commands import evaluate, grade, localize, pair, rectify, sample, score, score_localizer, train, view
+from .commands import evaluate, grade, localize, pair, rectify, sample, score, score_localizer, search, train, view
 from .records import InputError
 
 app = typer.Typer(
@@ -33,6 +33,7 @@ app.command(epilog=localize.EPILOG)(localize.localize)
 app.command(epilog=score.EPILOG)(score.score)
 app.command(score_localizer.NAME, epilog=score_localizer.EPILOG)(score_localizer.score_localizer_command)
 app.command(epilog=rectify.EPILOG)(rectify.rectify)
+app.command(epilog=search.EPILOG)(search.search)
 app.command(epilog=pair.EPILOG)(pair.pair)
 app.command(epilog=train.EPILOG)(train.train)
 app.command(epilog=sample.EPILOG)(sample.sample)

@@ -85,6 +85,8 @@ STAGES = [
           _problem, "problem", model=True),
     Stage("rectify", lambda f: ["-m", f["model"], "-n", "2", "--max-tokens", "3", "--batch-size", "2"],
           _localized, "steps", model=True),
+    Stage("search", lambda f: ["-m", f["model"], "--simulations", "2", "--max-step-tokens", "3", "--max-tokens", "3",
+                               "--batch-size", "1", "--template", "raw"], _problem, "problem", model=True),
     Stage("train", lambda f: ["-m", f["model"], "--objective", "dpo", "--max-steps", "1", "--batch-size", "2",
                               "--template", "raw"], _pair_row, "chosen", model=True, writes_records=False),
 ]

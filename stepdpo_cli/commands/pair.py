@@ -14,14 +14,21 @@ from .options import InputOpt, MaxLineBytesOpt, OutputOpt, QuietOpt, ResumeOpt, 
 
 EPILOG = ("Example: stepdpo pair -i rectified.jsonl > pairs.jsonl; stepdpo pair --strategy full-step --top 4 "
           "-i scored.jsonl > full_step_pairs.jsonl")
-STRATEGIES = ("localize", "full-step")
+STRATEGIES = ("localize", "full-step", "tree")
 
 
 def pair(
     strategy: Annotated[str, typer.Option(help="localize: from localized + rectified records (Step-DPO; see "
                                                "--format) | full-step: per problem, the --top best-scored correct x "
                                                "--top worst-scored wrong solutions of `stepdpo score` output "
-                                               "(Full-Step-DPO); fewer on a side give fewer rows.")] = "localize",
+                                               "(Full-Step-DPO); fewer on a side give fewer rows | tree: from "
+                                               "`stepdpo search` trees, at each node of the chosen path its best vs "
+                                               "worst child by Q, with label_smoothing from visit counts "
+                                               "(MCTS-DPO).")] = "localize",
+    rejected: Annotated[str, typer.Option(help="tree: the rejected child: worst (lowest Q) | second (second "
+                                               "best).")] = "worst",
+    min_q_gap: Annotated[float, typer.Option(help="tree: skip a node whose chosen and rejected Q differ by "
+                                                  "less.")] = 0.0,
     top: Annotated[int, typer.Option(help="full-step: solutions kept per side (paper: 4, so 16 pairs).")] = 4,
     format: Annotated[str, typer.Option("--format", help="step (Math-Step-DPO-10K rows) | dpo (whole solutions) | sft (prefix + corrected continuation: the no-preference control).")] = "step",
     chosen_source: Annotated[str, typer.Option(help="model | reference-step (the OOD ablation).")] = "model",
@@ -42,6 +49,8 @@ def pair(
         raise InputError(f"{strategy!r} is not one of {', '.join(STRATEGIES)}", field="--strategy")
     if strategy == "full-step":
         return _full_step(top, input, output, resume, skip_invalid, max_line_bytes)
+    if strategy == "tree":
+        return _tree(rejected, min_q_gap, input, output, resume, skip_invalid, max_line_bytes)
     check_pair_options(format, chosen_source)
     check_ranges(sizes={"--max-per-problem": max_per_problem, "--max-line-bytes": max_line_bytes})
     lengths, unit = len, "chars"
@@ -91,3 +100,27 @@ def _full_step(top: int, input: str | None, output: str | None, resume: bool, sk
                                      "pairs": counts.get("pairs", 0),
                                      **{k: v for k, v in sorted(counts.items()) if k.startswith("dropped_")},
                                      "invalid": stats.invalid})
+
+
+def _tree(rejected: str, min_q_gap: float, input: str | None, output: str | None, resume: bool, skip_invalid: bool,
+          max_line_bytes: int) -> None:
+    from ..search.pairs import tree_pair_records, validate_tree
+
+    if rejected not in ("worst", "second"):
+        raise InputError(f"{rejected!r} is not one of worst, second", field="--rejected")
+    counts = {"records": 0, "pairs": 0}
+    sources: set[str] = set()
+
+    def done(record: dict, ids: set[str]) -> bool:  # rows are "{record id}/tN"
+        if not sources:
+            sources.update(i.rsplit("/", 1)[0] for i in ids)
+        return str(record.get("id")) in sources
+
+    def stage(records):
+        for rows in tree_pair_records(records, rejected=rejected, min_gap=min_q_gap, counts=counts):
+            yield rows
+
+    stats, _ = run_records(stage, input=input, output=output, resume=resume, skip_invalid=skip_invalid,
+                           validate=validate_tree, done_filter=done, group_key=lambda row: row.get("source_id"),
+                           max_line_bytes=max_line_bytes)
+    log.summary("pair (tree)", {**counts, "invalid": stats.invalid})

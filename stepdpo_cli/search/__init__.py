@@ -1,5 +1,2 @@
-"""Step-level tree search (MCTS-DPO, SVPO): the tree, PUCT selection and backup (mcts.py).
-
-The `search` stage that grows these trees with a policy is not built yet (issue 22); this package is the search
-logic it will drive, usable and tested on its own.
-"""
+"""Step-level tree search (MCTS-DPO): the tree, PUCT selection and backup (mcts.py), and the Step-DPO rows taken
+from a searched tree (pairs.py). `stepdpo search` (stages/search.py) drives them with a policy."""

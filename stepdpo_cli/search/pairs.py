@@ -1,6 +1,6 @@
 """Step-DPO rows from a search tree (MCTS-DPO): at each node of the chosen path, its best and worst child.
 
-Input: a record with `tree` (node records: id, parent, step, visits, q, ...; as `mcts.Tree.as_records`) and
+Input: a `stepdpo search` record with `tree` (node records: id, parent, step, visits, q, ...; as `mcts.Tree.as_records`) and
 `chosen_path` (node ids from the root). At every node of the path with two or more children, chosen = the
 child with the highest Q and rejected = the lowest (`rejected="second"`: the second best instead; `min_gap`:
 skip the node when Q(chosen) - Q(rejected) is smaller); ties keep the earlier child. Each pair is a Step-DPO row
@@ -67,8 +67,27 @@ def tree_pair_rows(record: dict, *, rejected: str = "worst", min_gap: float = 0.
     return rows
 
 
-def tree_pair_records(records: Iterable[dict], **options) -> Iterable[list[dict]]:
+def validate_tree(record: dict) -> dict:
+    """A `stepdpo search` record: problem, id, `tree` and `chosen_path` that name its nodes."""
+    if not isinstance(record.get("problem"), str):
+        raise InputError("missing", field="problem")
+    nodes = _nodes(record)
+    path = record.get("chosen_path")
+    if not isinstance(path, list) or not path or any(i not in nodes for i in path):
+        raise InputError("must be a list of node ids of `tree`, from the root", field="chosen_path")
+    for node in nodes.values():
+        if not isinstance(node.get("step"), str) or not isinstance(node.get("visits"), int) \
+                or not isinstance(node.get("q"), (int, float)):
+            raise InputError(f"node {node['id']} needs step (str), visits (int) and q (number)", field="tree")
+    return record
+
+
+def tree_pair_records(records: Iterable[dict], *, counts: dict | None = None, **options) -> Iterable[list[dict]]:
+    """Yield each searched record's rows as one group; `counts`: records, pairs."""
+    counts = counts if counts is not None else {}
     for record in records:
+        counts["records"] = counts.get("records", 0) + 1
         rows = tree_pair_rows(record, **options)
+        counts["pairs"] = counts.get("pairs", 0) + len(rows)
         if rows:
             yield rows

@@ -1,0 +1,174 @@
+"""`stepdpo search`: step-level MCTS per problem (MCTS-DPO's tree search over "Step k:" steps).
+
+Every simulation of every problem in a chunk runs in lockstep, so each phase is ONE backend call for the whole
+chunk (the engines' prefix caches share the trees' common prefixes):
+
+1. select: each problem's tree (search/mcts.py) walks by PUCT to a leaf;
+2. expand: a leaf that is not terminal and above `depth` gets `expand` sampled next steps (`root_expand` at the
+   root), stopped at "\\nStep", with their log-probs: prior = exp(sum log pi / len^length_penalty) over siblings;
+   a step that ends without a further marker is terminal and its answer is graded against the gold one;
+3. evaluate: each new child (or a leaf that cannot grow) gets a value: terminal 1/0 by its grade; otherwise the
+   success rate of `rollouts` continuations from it (graded), or, with a value model / PRM (`value.score`), the
+   reward of its last step;
+4. backup: one visit and the value for the node and its ancestors.
+
+Output: the input record plus `tree` (node records: id, parent, step, visits, evaluations, q, prior, terminal,
+correct), `chosen_path` (node ids along the most visited child), `chosen_steps`, and `search` (settings,
+`status` done | timeout, `simulations` run, `generated_tokens`; no wall times, so a resumed run writes the same
+bytes). A chunk that runs past `max_seconds`
+stops simulating and writes its trees as they are with status timeout: recorded, never dropped. Seeds derive from
+the run seed, the problem id, the simulation and the node, so a problem's tree never depends on its neighbours.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator
+
+from ..backends.base import Backend, Request, SamplingParams
+from ..grading import grade_many
+from ..records import InputError, batched, derive_seed, normalize_problem
+from ..search.mcts import Tree, priors_from_logprobs
+from ..steps import join_steps, prefix_text
+from ..templates import generation_prompt
+
+STEP_STOP = "\nStep"
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    simulations: int = 16
+    expand: int = 2
+    root_expand: int = 4
+    depth: int = 8
+    c_puct: float = 1.0
+    rollouts: int = 2
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_step_tokens: int = 128
+    max_tokens: int = 512
+    length_penalty: float = 1.25
+    max_seconds: float = 0.0  # 0: no limit
+
+    def check(self) -> None:
+        for name in ("simulations", "expand", "root_expand", "depth", "max_step_tokens", "max_tokens"):
+            if getattr(self, name) < 1:
+                raise InputError(f"must be >= 1, got {getattr(self, name)}", field="--" + name.replace("_", "-"))
+        if self.rollouts < 0:
+            raise InputError("must be >= 0 (0 needs --value)", field="--rollouts")
+        if self.c_puct < 0 or self.max_seconds < 0:
+            raise InputError("must be >= 0", field="--c-puct" if self.c_puct < 0 else "--max-seconds")
+
+
+def validate_searchable(record: dict) -> dict:
+    """A problem with a gold answer (leaves are graded against it)."""
+    return normalize_problem(record)
+
+
+def _prompt(problem: str, steps: list[str], template: str, tokenizer: Any) -> str:
+    return generation_prompt(problem, template, tokenizer, reason_prefix=prefix_text(steps, len(steps) + 1))
+
+
+def search_records(records: Iterable[dict], backend: Backend, *, template: str, settings: SearchSettings,
+                   seed: int = 0, chunk_size: int = 8, value: Any = None, grade_timeout: float = 5.0,
+                   advance: Callable[[int], Any] = lambda n: None) -> Iterator[dict]:
+    """Yield each problem record with its tree (see the module doc)."""
+    settings.check()
+    if settings.rollouts == 0 and value is None:
+        raise InputError("leaves need a value: --rollouts >= 1 or --value PATH", field="--rollouts")
+    for problems in batched(records, max(1, chunk_size)):
+        yield from _search_chunk(problems, backend, template, settings, seed, value, grade_timeout)
+        advance(len(problems))
+
+
+def _search_chunk(problems: list[dict], backend: Backend, template: str, s: SearchSettings, seed: int, value: Any,
+                  grade_timeout: float) -> Iterator[dict]:
+    for problem in problems:
+        normalize_problem(problem)
+    trees = {p["id"]: Tree() for p in problems}
+    tokens = {p["id"]: 0 for p in problems}
+    start, status, done_sims = time.perf_counter(), "done", 0
+    tok = backend.tokenizer
+    for sim in range(s.simulations):
+        if s.max_seconds and time.perf_counter() - start > s.max_seconds:
+            status = "timeout"
+            break
+        leaves = {p["id"]: trees[p["id"]].select(s.c_puct) for p in problems}
+        grow = [p for p in problems if not trees[p["id"]].nodes[leaves[p["id"]]].terminal
+                and trees[p["id"]].depth(leaves[p["id"]]) < s.depth]
+        requests = [Request(_prompt(p["problem"], trees[p["id"]].steps_to(leaves[p["id"]]), template, tok),
+                            seed=derive_seed(seed, p["id"], "expand", sim),
+                            n=s.root_expand if leaves[p["id"]] == 0 else s.expand) for p in grow]
+        outputs = backend.generate(requests, SamplingParams(n=s.expand, temperature=s.temperature, top_p=s.top_p,
+                                                            max_tokens=s.max_step_tokens, stop=(STEP_STOP,),
+                                                            logprobs=True)) if requests else []
+        new: dict[str, list[int]] = {p["id"]: [] for p in problems}
+        finals = []  # (pid, node id, solution text) to grade
+        for p, completions in zip(grow, outputs):
+            tree, leaf = trees[p["id"]], leaves[p["id"]]
+            priors = priors_from_logprobs([sum(c.logprobs or [0.0]) for c in completions],
+                                          [c.num_tokens for c in completions], s.length_penalty)
+            for c, prior in zip(completions, priors):
+                tokens[p["id"]] += c.num_tokens
+                node = tree.add_child(leaf, c.text, prior, terminal=c.stop_reason is None)
+                new[p["id"]].append(node.id)
+                if node.terminal:
+                    finals.append((p, node.id, join_steps(tree.steps_to(node.id))))
+        for p in problems:  # a leaf that cannot grow is evaluated again
+            if not new[p["id"]]:
+                new[p["id"]].append(leaves[p["id"]])
+                node = trees[p["id"]].nodes[leaves[p["id"]]]
+                if node.terminal and node.correct is None:
+                    finals.append((p, node.id, join_steps(trees[p["id"]].steps_to(node.id))))
+        for (p, node_id, _), (_, _, ok) in zip(finals, grade_many([(text, p["answer"]) for p, _, text in finals],
+                                                                  timeout=grade_timeout)):
+            trees[p["id"]].nodes[node_id].correct = bool(ok)
+        values = _evaluate(problems, trees, new, backend, template, s, seed, sim, value, tokens, grade_timeout)
+        for p in problems:
+            for node_id in new[p["id"]]:
+                trees[p["id"]].backup(node_id, values[(p["id"], node_id)])
+        done_sims = sim + 1
+    for p in problems:
+        tree = trees[p["id"]]
+        path = tree.chosen_path()
+        yield {**p, "template": template, "tree": tree.as_records(), "chosen_path": path,
+               "chosen_steps": tree.steps_to(path[-1]),
+               "search": {"method": "mcts", "status": status, "simulations": done_sims,
+                          "settings": {k: v for k, v in vars(s).items()}, "seed": seed,
+                          "value": getattr(value, "path", None), "model": backend.model,
+                          "generated_tokens": tokens[p["id"]]}}
+
+
+def _evaluate(problems, trees, new, backend, template, s, seed, sim, value, tokens, grade_timeout) -> dict:
+    """The value of every node to back up this simulation (see the module doc, step 3)."""
+    values: dict[tuple[str, int], float] = {}
+    pending = []
+    for p in problems:
+        for node_id in new[p["id"]]:
+            node = trees[p["id"]].nodes[node_id]
+            if node.terminal:
+                values[(p["id"], node_id)] = 1.0 if node.correct else 0.0
+            else:
+                pending.append((p, node_id))
+    if not pending:
+        return values
+    if value is not None:
+        rewards = value.score([(p["problem"], trees[p["id"]].steps_to(n) or [""]) for p, n in pending])
+        for (p, node_id), r in zip(pending, rewards):
+            values[(p["id"], node_id)] = float(r[-1])
+        return values
+    requests = [Request(_prompt(p["problem"], trees[p["id"]].steps_to(n), template, backend.tokenizer), seed=derive_seed(seed, p["id"], "rollout", sim, n)) for p, n in pending]
+    # A rollout continues after the node's step: its prompt asks for the next step.
+    outputs = backend.generate(requests, SamplingParams(n=s.rollouts, temperature=s.temperature, top_p=s.top_p,
+                                                        max_tokens=s.max_tokens))
+    texts = []
+    for (p, n), completions in zip(pending, outputs):
+        done = trees[p["id"]].steps_to(n)
+        for c in completions:
+            tokens[p["id"]] += c.num_tokens
+            texts.append((join_steps(done + [c.text]) if done else c.text, p["answer"]))
+    graded = iter(grade_many(texts, timeout=grade_timeout))
+    for (p, node_id), completions in zip(pending, outputs):
+        oks = [next(graded)[2] for _ in completions]
+        values[(p["id"], node_id)] = sum(oks) / len(oks) if oks else 0.0
+    return values
