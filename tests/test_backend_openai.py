@@ -146,7 +146,7 @@ def test_remote_openai_without_a_key_is_a_usage_error(monkeypatch):
 
 def test_load_backend_builds_the_openai_backend(server):
     srv = server()
-    b = load_backend(f"openai:my-model", base_url=srv.url, api_key_env="STEPDPO_TEST_KEY", concurrency=2)
+    b = load_backend("openai:my-model", base_url=srv.url, api_key_env="STEPDPO_TEST_KEY", concurrency=2)
     assert isinstance(b, OpenAIBackend) and b.model == "my-model" and b.tokenizer is None
     b.generate([Request("p")], PARAMS)
     assert srv.requests[0]["model"] == "my-model"
