@@ -1,6 +1,7 @@
 """`stepdpo view`: one self-contained HTML page for any stage's output, recognised from its fields.
 
 Kinds: pairs (chosen vs rejected with a word-level diff), localized solutions (the first wrong step marked),
+search trees (`stepdpo search`: every node with visits, Q and prior, the chosen path and the pairs taken from it),
 eval results (accuracy by dataset / subject / level with 95% intervals, wrong answers listed), training
 metrics (the paper's Figure 2: reward accuracy and margin curves, loss, learning rate) and, for anything else,
 the raw records. Charts are SVG drawn here; records are embedded as JSON and rendered a page at a time by the
@@ -19,7 +20,7 @@ import orjson
 
 from .stages.evaluate import natural_key
 
-KINDS = ("pairs", "localized", "eval", "metrics", "records")
+KINDS = ("pairs", "localized", "eval", "metrics", "trees", "records")
 PAGE_SIZE = 50
 # The metric curves drawn for a training run: the paper's Figure 2 (reward accuracy, margin), then loss, lr.
 METRIC_CHARTS = (("reward_accuracy", "reward accuracy"), ("margin", "reward margin (chosen - rejected)"),
@@ -31,6 +32,8 @@ COLORS = ("#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e3
 def detect_kind(records: Sequence[dict]) -> str:
     """The kind of a stage's output, from the fields of its first records."""
     for record in records[:20]:
+        if isinstance(record.get("tree"), list) and "chosen_path" in record:
+            return "trees"
         if "chosen" in record and "rejected" in record:
             return "pairs"
         if "localize_status" in record or ("first_error_step" in record and "steps" in record):
@@ -48,6 +51,8 @@ def render_html(records: Sequence[dict], *, kind: str | None = None, title: str 
     kind = kind or detect_kind(records)
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
+    if kind == "trees":
+        records = [_with_tree_pairs(r) for r in records]
     charts, filters = "", _filters(records, kind)
     if kind == "metrics":
         charts = _metric_charts(records)
@@ -57,6 +62,8 @@ def render_html(records: Sequence[dict], *, kind: str | None = None, title: str 
         charts = _pair_stats(records)
     elif kind == "localized":
         charts = _localized_stats(records)
+    elif kind == "trees":
+        charts = _tree_stats(records)
     payload = {"kind": kind, "pageSize": page_size, "filter": filters, "records": list(records)}
     # "<" only occurs inside JSON strings, where \u003c means the same: no record can close the script tag.
     data = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY).replace(b"<", b"\\u003c").decode()
@@ -139,9 +146,10 @@ def _filters(records: Sequence[dict], kind: str) -> dict:
     if kind == "eval":
         return {"field": "correct", "label": "answers", "options": [["false", "wrong answers"], ["true", "right"],
                                                                     ["", "all"]]}
-    field = {"pairs": "dataset", "localized": "localize_status", "metrics": "_source"}.get(kind, "")
+    field = {"pairs": "dataset", "localized": "localize_status", "metrics": "_source", "trees": "_status"}.get(kind, "")
     options = values_of(field) if field else []
-    return {"field": field, "label": field, "options": [["", "all"]] + [[v, v] for v in options]}
+    label = "search status" if kind == "trees" else field
+    return {"field": field, "label": label, "options": [["", "all"]] + [[v, v] for v in options]}
 
 
 # ---------------------------------------------------------------------------------------------- charts (SVG)
@@ -283,3 +291,31 @@ def _localized_stats(records: Sequence[dict]) -> str:
             steps[record["first_error_step"]] = steps.get(record["first_error_step"], 0) + 1
     return ('<div class="charts">' + _histogram("localize status", status)
             + (_histogram("first error step", steps) if steps else "") + "</div>")
+
+
+def _with_tree_pairs(record: dict) -> dict:
+    """A search record with the pairs `pair --strategy tree` takes from it (`_pairs`) and its status (`_status`)."""
+    from .records import InputError
+    from .search.pairs import tree_pair_rows
+
+    try:
+        pairs = [{"node": int(r["id"].rsplit("/t", 1)[1]), "chosen": r["chosen_node"], "rejected": r["rejected_node"],
+                  "label_smoothing": r["label_smoothing"]} for r in tree_pair_rows(record)]
+    except (InputError, KeyError, TypeError, ValueError):
+        pairs = []
+    return {**record, "_pairs": pairs, "_status": str((record.get("search") or {}).get("status", ""))}
+
+
+def _tree_stats(records: Sequence[dict]) -> str:
+    nodes = [len(r.get("tree") or []) for r in records]
+    right = sum(1 for r in records if _path_end(r).get("correct"))
+    return _stat_list([("problems", len(records)), ("nodes", sum(nodes)),
+                       ("mean nodes per tree", f"{sum(nodes) / len(nodes):.1f}" if nodes else "0"),
+                       ("chosen path right", right), ("tree pairs", sum(len(r["_pairs"]) for r in records)),
+                       ("timeouts", sum(1 for r in records if r["_status"] == "timeout"))])
+
+
+def _path_end(record: dict) -> dict:
+    path, tree = record.get("chosen_path") or [], record.get("tree") or []
+    by_id = {n.get("id"): n for n in tree if isinstance(n, dict)}
+    return by_id.get(path[-1], {}) if path else {}

@@ -68,6 +68,38 @@ def metrics_records(shift: float = 0.0, steps: int = 60) -> list[dict]:
             for s in range(1, steps + 1)]
 
 
+def tree_records(n: int = 3) -> list[dict]:
+    """Search records as `stepdpo search` writes them: root -> a (right, 7 visits), b (wrong, 1); a -> a1, a2."""
+    from stepdpo_cli.search.mcts import Tree
+
+    rows = []
+    for i in range(n):
+        tree = Tree()
+        a = tree.add_child(0, f" {i} + 4 = {i + 4}.", 0.6)
+        b = tree.add_child(0, f" {i} + 4 = {i + 5}.", 0.4)
+        a1 = tree.add_child(a.id, f" The answer is {i + 4}.", 0.5, terminal=True, correct=True)
+        a2 = tree.add_child(a.id, f" The answer is {i + 3}.", 0.5, terminal=True, correct=False)
+        for node, value, times in ((a1, 1.0, 5), (a2, 0.0, 2), (b, 0.0, 1)):
+            for _ in range(times):
+                tree.backup(node.id, value)
+        rows.append({"id": f"q{i}", "problem": f"Add: {i} + 4", "answer": str(i + 4), "tree": tree.as_records(),
+                     "chosen_path": tree.chosen_path(), "chosen_steps": tree.steps_to(tree.chosen_path()[-1]),
+                     "search": {"method": "mcts", "status": "timeout" if i == 2 else "done", "simulations": 8}})
+    return rows
+
+
+def test_search_trees_are_their_own_kind_with_the_pairs_taken(tmp_path):
+    path = write_jsonl(tmp_path / "trees.jsonl", tree_records())
+    result = write_view([path], str(tmp_path / "trees.html"))
+    page = (tmp_path / "trees.html").read_text()
+    assert result["kind"] == "trees" and "tree pairs" in page and "timeouts" in page
+    data = json.loads(page.split('<script id="data" type="application/json">')[1].split("</script>")[0])
+    first = data["records"][0]
+    assert first["_pairs"] == [{"node": 0, "chosen": 1, "rejected": 2, "label_smoothing": 0.125},
+                               {"node": 1, "chosen": 3, "rejected": 4, "label_smoothing": 2 / 7}]
+    assert data["filter"]["field"] == "_status" and ["timeout", "timeout"] in data["filter"]["options"]
+
+
 def write_jsonl(path, rows) -> str:
     path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
     return str(path)

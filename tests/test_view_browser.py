@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from test_view import eval_records, localized_records, metrics_records, pairs_records, write_jsonl
+from test_view import eval_records, localized_records, metrics_records, pairs_records, tree_records, write_jsonl
 from stepdpo_cli.view import write_view
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
@@ -261,3 +261,21 @@ def test_ten_thousand_pairs_first_page_under_two_seconds(browser, tmp_path):
     print(f"10,000 pairs ({os.path.getsize(page) / 1e6:.0f} MB): first page rendered {render_ms} ms after navigation "
           f"start, load event after {seconds:.2f} s; a search over all of them {search_s:.2f} s")
     browser.screenshot(str(tmp_path / "pairs10k.png"), height=900)
+
+
+def test_search_trees_page(browser, tmp_path):
+    page = _page(tmp_path, "trees", tree_records(3))
+    browser.open(page)
+    assert browser.js("document.querySelectorAll('#items article.card.trees').length") == 3
+    first = "article.card.trees:nth-child(1)"
+    assert browser.js(f"document.querySelectorAll('#items {first} li.node').length") == 5
+    assert browser.js(texts(f"{first} li.node.on-path > .step")) == ["(problem)", " 0 + 4 = 4.",
+                                                                      " The answer is 4. \u2713"]
+    assert browser.js(texts(f"{first} li.node.pair-chosen > .step")) == [" 0 + 4 = 4.", " The answer is 4. \u2713"]
+    assert browser.js(texts(f"{first} li.node.pair-rejected > .step")) == [" The answer is 3. \u2717", " 0 + 4 = 5."]
+    assert browser.js(texts(first + " li.node[data-node=\"1\"] > .nstat")) == ["N=7 Q=0.7143 P=0.6000"]
+    assert browser.js(texts(f"{first} .tag")) == ["done", "8 simulations", "chosen path right"]
+    assert "chosen 3 vs rejected 4 (\u03b5 = 0.2857)" in browser.js(texts(f"{first} ul.tree-pairs"))[0]
+    browser.screenshot(str(tmp_path / "trees.png"))
+    browser.choose("#filter", "timeout")  # the search status filter
+    assert browser.until(f"{texts('.id')}.join() === 'q2'")

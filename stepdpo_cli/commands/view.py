@@ -18,7 +18,7 @@ EPILOG = ("Example: stepdpo view pairs.jsonl -o pairs.html; stepdpo view metrics
 def view(
     files: Annotated[list[str], typer.Argument(help="JSONL file(s) of one kind (several metrics files overlay).")],
     output: Annotated[Optional[str], typer.Option("-o", "--output", help="HTML file (default: FILE with .html).")] = None,
-    kind: Annotated[Optional[str], typer.Option(help="pairs | localized | eval | metrics | records "
+    kind: Annotated[Optional[str], typer.Option(help="pairs | localized | eval | metrics | trees | records "
                                                      "(default: recognised from the fields).")] = None,
     title: Annotated[Optional[str], typer.Option(help="Page title.")] = None,
     page_size: Annotated[int, typer.Option(help="Records per page.")] = 50,

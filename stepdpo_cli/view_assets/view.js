@@ -115,6 +115,31 @@
     return '<article class="card eval">' + head(r, tags) + '<div class="problem">' + esc(r.problem) + "</div>" + answers(r)
       + '<details><summary>model output</summary><pre>' + esc(text) + "</pre></details></article>";
   }
+  function treeCard(r) {
+    var nodes = {}, kids = {}, path = {}, role = {};
+    (r.tree || []).forEach(function (n) { nodes[n.id] = n; (kids[n.parent] = kids[n.parent] || []).push(n.id); });
+    (r.chosen_path || []).forEach(function (id) { path[id] = true; });
+    (r._pairs || []).forEach(function (p) { role[p.chosen] = "pair-chosen"; role[p.rejected] = "pair-rejected"; });
+    var end = nodes[(r.chosen_path || [])[(r.chosen_path || []).length - 1]] || {};
+    var s = r.search || {};
+    var tags = tag(s.status || "?", s.status === "timeout" ? "bad" : "") + tag((s.simulations || 0) + " simulations")
+      + tag("chosen path " + (end.correct ? "right" : "not right"), end.correct ? "ok" : "bad");
+    function node(id) {
+      var n = nodes[id], cls = "node" + (path[id] ? " on-path" : "") + (role[id] ? " " + role[id] : "");
+      var mark = n.terminal ? (n.correct ? " \u2713" : " \u2717") : "";
+      var label = id === 0 ? "(problem)" : n.step;
+      return '<li class="' + cls + '" data-node="' + id + '"><span class="step">' + esc(label) + mark + "</span>"
+        + '<span class="nstat">N=' + n.visits + " Q=" + fmt(n.q) + " P=" + fmt(n.prior) + "</span>"
+        + (kids[id] ? '<ul class="tree">' + kids[id].map(node).join("") + "</ul>" : "") + "</li>";
+    }
+    var pairs = (r._pairs || []).map(function (p) {
+      return "<li>at node " + p.node + ": chosen " + p.chosen + " vs rejected " + p.rejected + " (\u03b5 = "
+        + fmt(p.label_smoothing) + ")</li>"; }).join("");
+    return '<article class="card trees">' + head(r, tags) + '<div class="problem">' + esc(r.problem) + "</div>"
+      + (nodes[0] ? '<ul class="tree root">' + node(0) + "</ul>" : "")
+      + '<div class="evidence"><b>pairs taken (pair --strategy tree):</b> ' + (pairs ? '<ul class="tree-pairs">'
+      + pairs + "</ul>" : "none") + "</div></article>";
+  }
   function rawCard(r) { return '<article class="card record">' + head(r, "") + "<pre>" + esc(JSON.stringify(r, null, 1)) + "</pre></article>"; }
   function metricsTable(rows) {
     var cols = [];
@@ -124,7 +149,7 @@
         return '<tr class="card metric">' + cols.map(function (c) { return "<td>" + fmt(r[c]) + "</td>"; }).join("") + "</tr>";
       }).join("") + "</tbody></table>";
   }
-  var CARDS = { pairs: pairCard, localized: localizedCard, eval: evalCard, records: rawCard };
+  var CARDS = { pairs: pairCard, localized: localizedCard, eval: evalCard, trees: treeCard, records: rawCard };
 
   // ---- search, filter, paging
   function compute() {
