@@ -70,6 +70,24 @@ def _scored(i: int) -> dict:
             "step_rewards": [0.9 - 0.1 * (i % 2), 0.8], "prm_score": 0.85 - 0.05 * (i % 2)}
 
 
+def _rolled(i: int) -> dict:
+    """Sample i of problem i // 2, rollout-localized: even samples right, odd ones wrong with a low Q at step 1."""
+    p = i // 2
+    total = p + 2 + (i % 2)
+    return {"id": f"p{p}/s{i % 2}", "problem_id": f"p{p}", "problem": f"Add: {p} + 2", "answer": str(p + 2),
+            "steps": [f" {p} + 2 = {total}.", f" The answer is {total}."], "correct": i % 2 == 0,
+            "step_scores": [1.0, 1.0] if i % 2 == 0 else [0.25, 0.0]}
+
+
+def _searched(i: int) -> dict:
+    """A searched problem: the root's two children, the better one on the chosen path."""
+    node = {"parent": 0, "terminal": True, "prior": 0.5}
+    return {**_problem(i), "tree": [{"id": 0, "parent": None, "step": "", "visits": 4, "q": 0.5},
+                                    {**node, "id": 1, "step": f" {i} + 2 = {i + 2}.", "visits": 3, "q": 1.0},
+                                    {**node, "id": 2, "step": f" {i} + 2 = {i + 3}.", "visits": 1, "q": 0.0}],
+            "chosen_path": [0, 1], "status": "ok"}
+
+
 STAGES = [
     Stage("grade", lambda f: [], lambda i: {"id": f"r{i}", "completion": f"so \\boxed{{{i}}}", "answer": str(i)},
           "completion"),
@@ -78,6 +96,9 @@ STAGES = [
     Stage("pair", lambda f: [], _rectified, "candidates"),
     Stage("pair", lambda f: ["--strategy", "full-step"], _scored, "step_rewards", out_per_input=0.5,
           label="pair-full-step", streams=False),
+    Stage("pair", lambda f: ["--strategy", "q-value", "--format", "dpo"], _rolled, "step_scores", out_per_input=0.5,
+          label="pair-q-value", streams=False),
+    Stage("pair", lambda f: ["--strategy", "tree"], _searched, "tree", label="pair-tree"),
     Stage("score", lambda f: ["--prm", f["prm"](), "--batch-size", "1"], _localized, "steps", model=True),
     Stage("sample", lambda f: ["-m", f["model"], "-n", "2", "--max-tokens", "3", "--batch-size", "2",
                                "--template", "raw"], _problem, "problem", model=True, out_per_input=2),

@@ -75,3 +75,57 @@ def test_cli_rows_and_bad_scores(tmp_path):
     assert "1 rewards but the solution has 2 step(s)" in err
     proc = run_cli("pair", "--strategy", "tree-of-nothing", "-i", str(inp))
     assert proc.returncode == 2 and "--strategy" in proc.stderr.decode()
+
+
+# ---------------------------------------------------------------------------------------------- q-value pairs
+
+def _rolled(problem: str, j: int, correct: bool, scores, candidates=None, k=None) -> dict:
+    steps = [" 3 + 4 = 7.", " 7 + 2 = 9.", " The answer is 9."] if correct else \
+        [" 3 + 4 = 7.", " 7 + 2 = 10.", " 10 + 1 = 11.", " The answer is 11."]
+    record = {"id": f"{problem}/s{j}", "problem_id": problem, "problem": "Add: 3 + 4 + 2", "answer": "9",
+              "steps": steps, "correct": correct, "step_scores": scores, "first_error_step": k}
+    if candidates is not None:
+        record["candidates"] = candidates
+    return record
+
+
+def test_q_value_pairs_at_the_critical_step_from_a_hand_made_rollout_group():
+    from stepdpo_cli.stages.pair_q_value import critical_step, q_value_rows
+
+    assert critical_step([0.75, None, 0.0, 0.0]) == (3, 0.0) and critical_step([None, None]) is None
+    assert critical_step([0.5, 0.25, 0.5, 0.0]) == (4, 0.0) and critical_step([0.5, 0.25, 0.5, 1.0]) == (2, 0.25)
+    group = [_rolled("p", 0, False, [0.75, 0.25, 0.0, 0.0], k=3,
+                     candidates=[{"text": " 9 + 1 = 10.", "continuation": " 9 + 1 = 10.\nStep 4: The answer is 10."}]),
+             _rolled("p", 1, True, [1.0, 1.0, 1.0]), _rolled("p", 2, False, [None, None, None, None]),
+             _rolled("p", 3, True, [1.0, 1.0, 1.0])]
+    counts: dict = {}
+    rows = q_value_rows(group, format="dpo", top=1, counts=counts)
+    assert len(rows) == 1 and counts == {"dropped_no_q": 1}
+    (row,) = rows
+    assert row["chosen"] == " 3 + 4 = 7.\nStep 2: 7 + 2 = 9.\nStep 3: The answer is 9." and row["chosen_id"] == "p/s1"
+    assert row["rejected"] == " 3 + 4 = 7.\nStep 2: 7 + 2 = 10.\nStep 3: 10 + 1 = 11."  # the prefix through step 3
+    assert row["critical_step"] == 3 and row["critical_q"] == 0.0 and row["id"] == "p/s0/q0"
+    assert len(q_value_rows(group, format="dpo", top=2)) == 2  # both correct solutions as chosen
+    (step,) = q_value_rows(group, format="step")
+    assert step["initial_reason_steps"] == "Let's think step by step.\nStep 1: 3 + 4 = 7.\nStep 2: 7 + 2 = 10.\nStep 3:"
+    assert (step["chosen"], step["rejected"]) == (" 9 + 1 = 10.", " 10 + 1 = 11.")
+    assert validator("step-dpo")(dict(step)) and validator("dpo")(dict(row))
+    elsewhere = [{**group[0], "first_error_step": 2}]  # candidates rectify another step: no step pair
+    counts = {}
+    assert q_value_rows(elsewhere, format="step", counts=counts) == [] and counts == {
+        "dropped_no_candidate_at_critical_step": 1}
+
+
+def test_q_value_cli(tmp_path):
+    inp = tmp_path / "rolled.jsonl"
+    rows = [_rolled("p", 0, False, [0.75, 0.25, 0.0, 0.0], k=3), _rolled("p", 1, True, [1.0, 1.0, 1.0])]
+    inp.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    proc = run_cli("pair", "--strategy", "q-value", "--format", "dpo", "-i", str(inp))
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert [json.loads(line)["id"] for line in proc.stdout.decode().splitlines()] == ["p/s0/q0"]
+    proc = run_cli("pair", "--strategy", "q-value", "--format", "sft", "-i", str(inp))
+    assert proc.returncode == 2 and "--format" in proc.stderr.decode()
+    rows[0]["step_scores"] = [0.5]
+    inp.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    proc = run_cli("pair", "--strategy", "q-value", "--format", "dpo", "-i", str(inp))
+    assert proc.returncode == 2 and f"{inp}:1: field 'step_scores'" in proc.stderr.decode()

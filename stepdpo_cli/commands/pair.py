@@ -14,7 +14,7 @@ from .options import InputOpt, MaxLineBytesOpt, OutputOpt, QuietOpt, ResumeOpt, 
 
 EPILOG = ("Example: stepdpo pair -i rectified.jsonl > pairs.jsonl; stepdpo pair --strategy full-step --top 4 "
           "-i scored.jsonl > full_step_pairs.jsonl")
-STRATEGIES = ("localize", "full-step", "tree")
+STRATEGIES = ("localize", "full-step", "tree", "q-value")
 
 
 def pair(
@@ -24,12 +24,16 @@ def pair(
                                                "(Full-Step-DPO); fewer on a side give fewer rows | tree: from "
                                                "`stepdpo search` trees, at each node of the chosen path its best vs "
                                                "worst child by Q, with label_smoothing from visit counts "
-                                               "(MCTS-DPO).")] = "localize",
+                                               "(MCTS-DPO) | q-value: at each wrong solution's critical step (the "
+                                               "first lowest rollout Q), --format dpo: a correct solution of the "
+                                               "problem vs the wrong prefix ending there (Setlur et al.), --format "
+                                               "step: the rectified step vs the wrong one there.")] = "localize",
     rejected: Annotated[str, typer.Option(help="tree: the rejected child: worst (lowest Q) | second (second "
                                                "best).")] = "worst",
     min_q_gap: Annotated[float, typer.Option(help="tree: skip a node whose chosen and rejected Q differ by "
                                                   "less.")] = 0.0,
-    top: Annotated[int, typer.Option(help="full-step: solutions kept per side (paper: 4, so 16 pairs).")] = 4,
+    top: Annotated[int, typer.Option(help="full-step: solutions kept per side (paper: 4, so 16 pairs) | q-value: "
+                                          "chosen texts per wrong solution (correct solutions or candidates).")] = 4,
     format: Annotated[str, typer.Option("--format", help="step (Math-Step-DPO-10K rows) | dpo (whole solutions) | sft (prefix + corrected continuation: the no-preference control).")] = "step",
     chosen_source: Annotated[str, typer.Option(help="model | reference-step (the OOD ablation).")] = "model",
     max_per_problem: Annotated[Optional[int], typer.Option(help="At most this many pairs per problem.")] = None,
@@ -51,6 +55,8 @@ def pair(
         return _full_step(top, input, output, resume, skip_invalid, max_line_bytes)
     if strategy == "tree":
         return _tree(rejected, min_q_gap, input, output, resume, skip_invalid, max_line_bytes)
+    if strategy == "q-value":
+        return _q_value(format, top, input, output, resume, skip_invalid, max_line_bytes)
     check_pair_options(format, chosen_source)
     check_ranges(sizes={"--max-per-problem": max_per_problem, "--max-line-bytes": max_line_bytes})
     lengths, unit = len, "chars"
@@ -124,3 +130,24 @@ def _tree(rejected: str, min_q_gap: float, input: str | None, output: str | None
                            validate=validate_tree, done_filter=done, group_key=lambda row: row.get("source_id"),
                            max_line_bytes=max_line_bytes)
     log.summary("pair (tree)", {**counts, "invalid": stats.invalid})
+
+
+def _q_value(format: str, top: int, input: str | None, output: str | None, resume: bool, skip_invalid: bool,
+             max_line_bytes: int) -> None:
+    from ..stages.pair_q_value import FORMATS, q_value_pair_records, validate_q_record
+
+    if format not in FORMATS:
+        raise InputError(f"q-value pairs come as {' or '.join(FORMATS)}, not {format!r}", field="--format")
+    counts: dict[str, Any] = {}
+    sources: set[str] = set()
+
+    def done(record: dict, ids: set[str]) -> bool:  # rows are "{record id}/qJ"; the last problem is redone whole
+        if not sources:
+            sources.update(i.rsplit("/", 1)[0] for i in ids)
+        return str(record.get("id")) in sources
+
+    stats, _ = run_records(lambda records: q_value_pair_records(records, format=format, top=top, counts=counts),
+                           input=input, output=output, resume=resume, skip_invalid=skip_invalid,
+                           validate=validate_q_record, done_filter=done, group_key=lambda row: row.get("problem_id"),
+                           max_line_bytes=max_line_bytes)
+    log.summary("pair (q-value)", {**{k: v for k, v in sorted(counts.items())}, "invalid": stats.invalid})

@@ -51,7 +51,7 @@ def problem_key(record: dict) -> str:
     return str(record.get("problem_id") or record["problem"])
 
 
-def _groups(records: Iterable[dict]) -> Iterator[list[dict]]:
+def problem_groups(records: Iterable[dict]) -> Iterator[list[dict]]:
     """Consecutive records of one problem; a problem that comes back after another is an input error."""
     closed: set[str] = set()
     group: list[dict] = []
@@ -97,7 +97,7 @@ def full_step_pair_records(records: Iterable[dict], *, top: int = DEFAULT_TOP,
     if top < 1:
         raise InputError("must be >= 1", field="--top")
     counts = counts if counts is not None else {}
-    for group in _groups(records):
+    for group in problem_groups(records):
         counts["records"] = counts.get("records", 0) + len(group)
         rows = full_step_rows(group, top)
         if not rows:
