@@ -364,3 +364,43 @@ def test_a_rows_label_smoothing_trains_as_cdpo_with_that_epsilon(tiny_model, tmp
     with pytest.raises(InputError) as bad:
         _run(_config(tiny_model, str(own), tmp_path / "d", max_steps=1))
     assert bad.value.field == "label_smoothing"
+
+
+def test_tdpo_runs_its_reference_beside_the_policy(tiny_model, tmp_path):
+    """TDPO starts at log 2 with zero KL (policy == reference), the KL grows as the policy moves, no reference
+    cache is written; TDPO2 at alpha 0 trains exactly as the sigmoid loss with cached reference log-probs."""
+    data = _pairs(tmp_path / "p.jsonl", n=8)
+    tdpo = _run(_config(tiny_model, data, tmp_path / "t", max_steps=4, loss="tdpo2", beta=0.1))
+    assert tdpo[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert abs(tdpo[0]["chosen_kl"]) < 1e-6 and abs(tdpo[0]["rejected_kl"]) < 1e-6
+    assert tdpo[-1]["chosen_kl"] > 1e-4 and tdpo[-1]["rejected_kl"] > 1e-4
+    assert not (tmp_path / "t" / REF_FILE).exists() and (tmp_path / "t" / "model.safetensors").exists()
+    as_dpo = _run(_config(tiny_model, data, tmp_path / "a", max_steps=4, loss="tdpo2", tdpo_alpha=0.0, beta=0.1))
+    dpo = _run(_config(tiny_model, data, tmp_path / "d", max_steps=4, beta=0.1))
+    for a, b in zip(as_dpo, dpo):
+        for key in ("loss", "margin", "chosen_logp", "rejected_logp", "grad_norm"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key
+    assert tdpo[-1]["loss"] != pytest.approx(dpo[-1]["loss"], abs=1e-5)
+
+
+def test_tdpo_usage_errors(tiny_model, tmp_path):
+    data = _pairs(tmp_path / "p.jsonl", n=2)
+    for extra, field in ((["--objective", "sft", "--loss", "tdpo2"], "--loss"),
+                         (["--loss", "tdpo2", "--tdpo-alpha", "-1"], "--tdpo-alpha")):
+        proc = run_cli("train", "-m", tiny_model, "--data", data, "--output", str(tmp_path / "o"), *extra)
+        assert proc.returncode == 2 and field in proc.stderr.decode() and b"Traceback" not in proc.stderr
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_two_process_tdpo_with_deepspeed(tiny_model, tmp_path, stage):
+    """The reference is a whole copy per process under ZeRO-2 and sharded like the policy under ZeRO-3: TDPO
+    trains like its DDP run."""
+    ddp = _multi_process(tiny_model, tmp_path / "ddp", "--loss", "tdpo2")
+    zero = _multi_process(tiny_model, tmp_path / stage, "--loss", "tdpo2", "--deepspeed", stage)
+    assert ddp[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    for a, b in zip(ddp, zero):
+        for key in ("loss", "chosen_kl", "rejected_kl"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), key
+    assert ddp[1]["chosen_kl"] > 0

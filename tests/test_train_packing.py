@@ -138,10 +138,13 @@ def test_alibi_model_runs_separate_forwards(capfd):
     assert "bloom uses ALiBi" in capfd.readouterr().err
 
 
-@pytest.mark.parametrize("objective", ["step-dpo", "sft"])
+@pytest.mark.parametrize("objective", ["step-dpo", "sft", "tdpo2", "tdpo1"])
 def test_losses_and_gradients_equal_unpacked(objective):
     """One micro-batch of 6 pairs: dense (one forward) vs packed into 4 rows (4 forward/backward passes, each
-    weighted by its share): same loss, metrics and gradients."""
+    weighted by its share): same loss, metrics and gradients. TDPO: with its live reference (a copy of the
+    initial model, packed attention like the policy's), the KL metrics too."""
+    import copy
+
     from accelerate import Accelerator
 
     model = _model("qwen2")
@@ -152,9 +155,17 @@ def test_losses_and_gradients_equal_unpacked(objective):
             e.rejected = []
     accelerator = Accelerator(cpu=True)
     config = loop.TrainConfig(model="", data="", output="", batch_size=3)
-    lc = LossConfig(objective, beta=0.4, nll_weight=0.3)
+    tdpo = objective.startswith("tdpo")
+    lc = LossConfig("step-dpo" if tdpo else objective, beta=0.4, nll_weight=0.3, loss=objective if tdpo else "sigmoid")
     ref = {}
-    if objective != "sft":
+    reference = None
+    if tdpo:
+        reference = copy.deepcopy(model).eval().requires_grad_(False)
+        packing.use_packed_attention(reference)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.02)
+    elif objective != "sft":
         with torch.no_grad():
             ref = loop.compute_reference(model, examples, accelerator, config, 0, {})
             packed_ref = loop.compute_reference(model, examples, accelerator, config, 0, {},
@@ -168,7 +179,7 @@ def test_losses_and_gradients_equal_unpacked(objective):
 
     def micro(plan):
         model.zero_grad()
-        metrics = loop._micro_backward(accelerator, model, examples, ref, lc, 0, torch.float32, plan)
+        metrics = loop._micro_backward(accelerator, model, examples, ref, lc, 0, torch.float32, plan, reference)
         return metrics, {n: p.grad.clone() for n, p in model.named_parameters()}
 
     dense_metrics, dense_grads = micro(None)
@@ -180,6 +191,8 @@ def test_losses_and_gradients_equal_unpacked(objective):
         assert packed_metrics[k] == pytest.approx(v, abs=1e-5), k
     if objective != "sft":
         assert abs(dense_metrics["loss"] - 0.6931) > 1e-3
+    if tdpo:
+        assert dense_metrics["chosen_kl"] > 1e-4 and dense_metrics["rejected_kl"] > 1e-4
     for name, grad in dense_grads.items():
         torch.testing.assert_close(packed_grads[name], grad, atol=1e-6, rtol=1e-4)
 

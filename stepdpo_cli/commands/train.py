@@ -1,4 +1,4 @@
-"""`stepdpo train`: SFT, DPO, Step-DPO, Full-Step-DPO or a process reward model; relaunches through accelerate when asked (train/)."""
+"""`stepdpo train`: SFT, DPO, Step-DPO (sigmoid, IPO or TDPO loss), Full-Step-DPO or a process reward model; relaunches through accelerate when asked (train/)."""
 from __future__ import annotations
 
 import os
@@ -72,7 +72,14 @@ def train(
                                                         "--max-length (oldest dropped, BOS kept; official 512).")] = 512,
     step_text: Annotated[str, typer.Option(help="step-end: a step the solution continues ends with its newline | "
                                                 "as-given: score chosen/rejected exactly as written (official).")] = "step-end",
-    loss: Annotated[str, typer.Option(help="sigmoid (DPO) | ipo")] = "sigmoid",
+    loss: Annotated[str, typer.Option(help="sigmoid (DPO) | ipo | tdpo1 | tdpo2 (TDPO, Zeng et al. 2024: DPO's "
+                                           "margin minus the difference of the sequential KL(ref || policy) over "
+                                           "the whole vocabulary at every continuation token; a reference model "
+                                           "runs beside the policy at every step, since cached log-probs cannot "
+                                           "give its whole distribution: twice the weight memory. The authors' "
+                                           "defaults: tdpo2, --tdpo-alpha 0.5, --beta 0.1).")] = "sigmoid",
+    tdpo_alpha: Annotated[float, typer.Option(help="tdpo2: weight of the KL term, z = margin - alpha * (KL_rejected "
+                                                   "- stopgrad(KL_chosen)); 0 is DPO. tdpo1 has none.")] = 0.5,
     label_smoothing: Annotated[float, typer.Option(help="cDPO label smoothing (sigmoid loss); a row's own "
                                                         "`label_smoothing` field (tree pairs) wins for that row.")] = 0.0,
     nll_weight: Annotated[float, typer.Option(help="Weight of a per-token NLL term on chosen.")] = 0.0,
@@ -115,6 +122,10 @@ def train(
     check_train_output(model, output)
     if max_tokens_per_batch < 0:
         raise InputError("must be >= 0", field="--max-tokens-per-batch")
+    if loss in ("tdpo1", "tdpo2") and objective not in ("dpo", "step-dpo"):
+        raise InputError(f"TDPO is a loss for preference pairs (dpo, step-dpo), not {objective}", field="--loss")
+    if tdpo_alpha < 0:
+        raise InputError("must be >= 0", field="--tdpo-alpha")
     if objective == "prm" and max_tokens_per_batch:
         raise InputError("packing is for preference pairs; a PRM trains one padded row per solution",
                          field="--max-tokens-per-batch")
@@ -148,6 +159,7 @@ def train(
         logging_steps=logging_steps, resume=resume, report_to=report_to, deepspeed=deepspeed,
         max_steps=max_steps, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
         max_tokens_per_batch=max_tokens_per_batch, skip_invalid=skip_invalid, prm_labels=prm_labels,
+        tdpo_alpha=tdpo_alpha,
     )
 
     metrics_out = os.fdopen(metrics_fd, "wb")

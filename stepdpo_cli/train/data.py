@@ -265,6 +265,11 @@ class PackedBatch:
         return {"input_ids": self.input_ids, "position_ids": self.position_ids,
                 "attention_mask": self.attention_mask, "logits_to_keep": self.keep, "use_cache": False}
 
+    def positions(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, T) row of the flattened kept logits (B * keep, V) that predicts each target."""
+        rows = torch.arange(logits.shape[0], device=logits.device)[:, None]
+        return rows * logits.shape[1] + self.source_index
+
 
 def pack(examples: list[Example], pad_id: int, dtype: torch.dtype = torch.float32) -> PackedBatch:
     """Pack examples into shared-prefix sequences (see module doc)."""
@@ -325,9 +330,18 @@ def target_logps(logits: torch.Tensor, positions: torch.Tensor, targets: torch.T
 
 def token_logps(logits: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
     """(B, T) log-prob of each continuation token (0 at padding), from kept logits (B, keep, V)."""
-    rows = torch.arange(logits.shape[0], device=logits.device)[:, None]
-    out = target_logps(logits, rows * logits.shape[1] + batch.source_index, batch.target_ids)
-    return out * (batch.segment > 0)
+    return target_logps(logits, batch.positions(logits), batch.target_ids) * (batch.segment > 0)
+
+
+def token_kl(logits: torch.Tensor, ref_logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """KL(ref || policy) over the whole vocabulary at each of `positions` (rows of the flattened logits), in
+    fp32: sum_v p_ref(v) (log p_ref(v) - log p(v)) (TDPO's sequential KL, one term per target token). Both
+    sides are log-softmaxes: a probability that underflows to 0 gives a 0 term, not 0 * log 0 = NaN. Only the
+    continuation positions are materialised as (..., V)."""
+    flat, ref_flat = logits.reshape(-1, logits.shape[-1]), ref_logits.reshape(-1, ref_logits.shape[-1])
+    logp = flat[positions].float().log_softmax(-1)
+    ref_logp = ref_flat[positions].float().log_softmax(-1)
+    return (ref_logp.exp() * (ref_logp - logp)).sum(-1)
 
 
 def num_batches(n: int, per_batch: int) -> int:

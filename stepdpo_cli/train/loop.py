@@ -2,7 +2,7 @@
 
 Order of work: read + tokenise rows -> load the policy -> accelerate.prepare -> reference log-probs with
 the *initial* policy (once, cached in OUTPUT/ref_logps.pt, reused on resume; no reference model is held
-while training) -> optional resume from OUTPUT/checkpoints/step-N -> steps -> save a HF model dir.
+while training, except for TDPO, whose reference runs beside the policy) -> optional resume from OUTPUT/checkpoints/step-N -> steps -> save a HF model dir.
 
 Data order is a pure function of (seed, epoch): each epoch is a seeded permutation, cut into global
 batches of batch_size * processes * grad_accum rows (wrapped around to fill the last one), so a resumed
@@ -26,11 +26,11 @@ from .. import log
 from ..records import InputError, atomic_write_json, derive_seed
 from ..templates import MODEL_META_FILE, template_for_model
 from . import packing
-from .data import EncodeStats, Example, encode_rows, pack, token_logps, validator
+from .data import EncodeStats, Example, encode_rows, pack, target_logps, token_kl, validator
 from .losses import (LossConfig, chosen_nll, full_step_logps, preference_loss, prm_loss, segment_sums, sft_loss,
-                     step_sums, step_weights)
-from .setup import (TrainConfig, epoch_batches, init_trackers, keep_host_memory, load_model, make_accelerator,
-                    make_optimizer, progress_status, schedule, tracker_names)
+                     step_sums, step_weights, tdpo_loss)
+from .setup import (TrainConfig, epoch_batches, init_trackers, keep_host_memory, load_model, load_reference,
+                    make_accelerator, make_optimizer, progress_status, schedule, tracker_names)
 
 REF_FILE = "ref_logps.pt"
 CHECKPOINTS = "checkpoints"
@@ -47,18 +47,42 @@ def _mask_dtype(model) -> torch.dtype:
     return torch.float32
 
 
-def forward(model, examples: list[Example], pad_id: int, device, dtype: torch.dtype,
-            packing_plan: packing.Plan | None = None):
-    """One shared-prefix forward: returns (packed batch on device, (B, T) token log-probs); row b of both is
-    examples[b]. With a packing plan: padding-free rows, or chosen and rejected in separate rows (packing.py)."""
+def model_batch(examples: list[Example], pad_id: int, device, dtype: torch.dtype,
+                packing_plan: packing.Plan | None = None):
+    """The shared-prefix batch of `examples` on `device` (row b is examples[b]): data.pack's dense one, or with
+    a packing plan padding-free rows / chosen and rejected in separate rows (packing.py)."""
     if packing.uses_rows(packing_plan, examples):
-        return packing.forward(model, examples, packing_plan, pad_id, device)
+        return packing.build_rows(examples, packing_plan, pad_id).to(device)
     batch = pack(examples, pad_id, dtype)
     for name in ("input_ids", "position_ids", "attention_mask", "target_ids", "source_index", "segment",
                  "step_index"):
         setattr(batch, name, getattr(batch, name).to(device))
+    return batch
+
+
+def forward(model, examples: list[Example], pad_id: int, device, dtype: torch.dtype,
+            packing_plan: packing.Plan | None = None):
+    """One shared-prefix forward: returns (batch on device, (B, T) token log-probs); row b of both is
+    examples[b] (see model_batch)."""
+    batch = model_batch(examples, pad_id, device, dtype, packing_plan)
     logits = model(**batch.model_inputs()).logits
-    return batch, token_logps(logits, batch)
+    return batch, target_logps(logits, batch.positions(logits), batch.target_ids) * (batch.segment > 0)
+
+
+def forward_with_reference(model, reference, examples: list[Example], pad_id: int, device, dtype: torch.dtype,
+                           packing_plan: packing.Plan | None = None):
+    """TDPO's forward: the policy and the live reference on the same batch. Returns (batch, policy token
+    log-probs, reference token log-probs, per-token KL(ref || policy) over the whole vocabulary), each (B, T)
+    and 0 off the continuations: the KL is taken only where a chosen or rejected token is predicted."""
+    batch = model_batch(examples, pad_id, device, dtype, packing_plan)
+    inputs = batch.model_inputs()
+    logits = model(**inputs).logits
+    with torch.no_grad():
+        ref_logits = reference(**inputs).logits
+    positions, mask = batch.positions(logits), batch.segment > 0
+    return (batch, target_logps(logits, positions, batch.target_ids) * mask,
+            target_logps(ref_logits, positions, batch.target_ids) * mask,
+            token_kl(logits, ref_logits, positions) * mask)
 
 
 def prm_forward(model, examples: list[Example], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,9 +243,17 @@ def train(config: TrainConfig, emit: Callable[[dict], None] | None = None) -> di
     dtype = _mask_dtype(model)
 
     os.makedirs(config.output, exist_ok=True)
+    loss_config = config.loss_config()
+    reference = None
+    if loss_config.live_reference:  # TDPO: full next-token distributions, which no cache of log-probs holds
+        reference = load_reference(config, model_path, accelerator,
+                                   packed=packing_plan is not None and packing_plan.mode == "packed")
+        if main:
+            log.log(f"train: {config.loss}: the reference model runs beside the policy at every step "
+                    "(its whole next-token distribution; no cached log-probs)")
     started = time.perf_counter()  # "seconds" in the summary: reference pass + steps (no load/save)
     ref: dict = {}
-    if config.preference:
+    if config.preference and reference is None:
         ref = _reference_logps(model, examples, accelerator, config, pad_id, model_path, template, packing_plan)
 
     start_step = 0
@@ -240,7 +272,6 @@ def train(config: TrainConfig, emit: Callable[[dict], None] | None = None) -> di
     advance = stack.enter_context(log.progress("train", total=total_steps, completed=start_step, status=True)) \
         if main else (lambda n=1, status=None: None)
 
-    loss_config = config.loss_config()
     window: dict[str, float] = {}
     last: dict = {}
     tokens, t0 = 0, time.perf_counter()
@@ -257,7 +288,7 @@ def train(config: TrainConfig, emit: Callable[[dict], None] | None = None) -> di
                 with accelerator.accumulate(model):
                     batch_examples = [examples[i] for i in micro]
                     metrics = _micro_backward(accelerator, model, batch_examples, ref, loss_config, pad_id, dtype,
-                                              packing_plan)
+                                              packing_plan, reference)
                     grad_norm = None
                     if accelerator.sync_gradients:
                         grad_norm = accelerator.clip_grad_norm_(model.parameters(),
@@ -344,17 +375,19 @@ def reference_fingerprint(config: TrainConfig, model_path: str, template: str, e
 
 
 def _micro_backward(accelerator, model, examples: list[Example], ref: dict, lc: LossConfig, pad_id: int, dtype,
-                    packing_plan: packing.Plan | None = None) -> dict:
+                    packing_plan: packing.Plan | None = None, reference=None) -> dict:
     """Forward + backward of one micro-batch. Packed, it runs as forwards of one row each (memory bounded by
     --max-tokens-per-batch), each loss weighted by its share of the micro-batch's mean (pairs; SFT: tokens), so
-    the summed gradients and the metrics equal one forward's."""
+    the summed gradients and the metrics equal one forward's. `reference`: the live reference model (TDPO),
+    else `ref` holds the cached reference log-probs."""
     groups = packing.forward_groups(examples, packing_plan) if packing_plan is not None else [examples]
     total = _loss_units(examples, lc)
     metrics: dict[str, float] = {}
     for n, group in enumerate(groups):
         share = _loss_units(group, lc) / total if len(groups) > 1 else 1.0
         with contextlib.nullcontext() if n == len(groups) - 1 else accelerator.no_sync(model):
-            loss, part = _micro_step(model, group, ref, lc, pad_id, accelerator.device, dtype, packing_plan)
+            loss, part = _micro_step(model, group, ref, lc, pad_id, accelerator.device, dtype, packing_plan,
+                                     reference)
             accelerator.backward(loss * share if len(groups) > 1 else loss)
         for k, v in part.items():
             metrics[k] = metrics.get(k, 0.0) + share * v
@@ -369,13 +402,15 @@ def _loss_units(examples: list[Example], lc: LossConfig) -> float:
 
 
 def _micro_step(model, examples: list[Example], ref: dict, lc: LossConfig, pad_id: int, device, dtype,
-                packing_plan: packing.Plan | None = None):
+                packing_plan: packing.Plan | None = None, reference=None):
     if lc.objective == "prm":
         logits, labels = prm_forward(model, examples, pad_id, device)
         loss = prm_loss(logits, labels)
         predicted = (logits.detach() > 0).float()
         return loss, {"loss": loss.item(), "step_accuracy": (predicted == (labels > 0.5).float()).float().mean().item(),
                       "mean_reward": torch.sigmoid(logits.detach().float()).mean().item()}
+    if lc.live_reference:
+        return _tdpo_step(model, reference, examples, lc, pad_id, device, dtype, packing_plan)
     batch, tok = forward(model, examples, pad_id, device, dtype, packing_plan)
     if lc.objective == "sft":
         loss = sft_loss(tok, batch.segment)
@@ -390,13 +425,33 @@ def _micro_step(model, examples: list[Example], ref: dict, lc: LossConfig, pad_i
         wc = [step_weights(e.chosen_scores, lc.step_temperature, chosen=True) for e in examples]
         wr = [step_weights(e.rejected_scores, lc.step_temperature, chosen=False) for e in examples]
         pc, pr = full_step_logps(pc, _weighted(pol_c, wc)), full_step_logps(pr, _weighted(pol_r, wr))
-    # A row's own `label_smoothing` (tree pairs' visit-count confidence) replaces --label-smoothing for that row.
-    smoothing: float | torch.Tensor = lc.label_smoothing
-    if any(e.label_smoothing is not None for e in examples):
-        smoothing = torch.tensor([lc.label_smoothing if e.label_smoothing is None else e.label_smoothing
-                                  for e in examples], dtype=pc.dtype, device=pc.device)
     losses, chosen_rewards, rejected_rewards = preference_loss(pc, pr, rc, rr, beta=lc.beta, loss=lc.loss,
-                                                               label_smoothing=smoothing)
+                                                               label_smoothing=_smoothing(examples, lc, pc))
+    return _preference_metrics(losses, chosen_rewards, rejected_rewards, tok, batch, lc)
+
+
+def _smoothing(examples: list[Example], lc: LossConfig, like: torch.Tensor) -> float | torch.Tensor:
+    """A row's own `label_smoothing` (tree pairs' visit-count confidence) replaces --label-smoothing for that row."""
+    if not any(e.label_smoothing is not None for e in examples):
+        return lc.label_smoothing
+    return torch.tensor([lc.label_smoothing if e.label_smoothing is None else e.label_smoothing for e in examples],
+                        dtype=like.dtype, device=like.device)
+
+
+def _tdpo_step(model, reference, examples: list[Example], lc: LossConfig, pad_id: int, device, dtype,
+               packing_plan: packing.Plan | None):
+    batch, tok, ref_tok, kl = forward_with_reference(model, reference, examples, pad_id, device, dtype, packing_plan)
+    (pc, pr), (rc, rr), (kc, kr) = (segment_sums(t, batch.segment) for t in (tok, ref_tok, kl))
+    losses, chosen_rewards, rejected_rewards = tdpo_loss(pc, pr, rc, rr, kc, kr, beta=lc.beta, loss=lc.loss,
+                                                         alpha=lc.tdpo_alpha,
+                                                         label_smoothing=_smoothing(examples, lc, pc))
+    loss, metrics = _preference_metrics(losses, chosen_rewards, rejected_rewards, tok, batch, lc)
+    metrics.update(chosen_kl=kc.detach().mean().item(), rejected_kl=kr.detach().mean().item())
+    return loss, metrics
+
+
+def _preference_metrics(losses, chosen_rewards, rejected_rewards, tok, batch, lc: LossConfig):
+    """The micro-batch loss (+ the NLL term on chosen) and the preference metrics."""
     loss = losses.mean()
     chosen_sum, rejected_sum = segment_sums(tok, batch.segment)
     if lc.nll_weight:
@@ -431,7 +486,7 @@ def _log_metrics(accelerator, window: dict, step: int, steps_per_epoch: int, lr:
     metrics["lr"] = lr
     metrics["tokens_per_s"] = round(float(values[-1]) / max(seconds, 1e-9), 1)
     order = ["step", "epoch", "loss", "reward_accuracy", "step_accuracy", "mean_reward", "chosen_reward", "rejected_reward", "margin",
-             "chosen_logp", "rejected_logp", "lr", "grad_norm", "tokens_per_s"]
+             "chosen_logp", "rejected_logp", "chosen_kl", "rejected_kl", "lr", "grad_norm", "tokens_per_s"]
     metrics = {k: metrics[k] for k in order if k in metrics}
     if accelerator.is_main_process and emit is not None:
         emit(metrics)

@@ -1,5 +1,6 @@
-"""Losses: SFT (token NLL), DPO / Step-DPO (sigmoid or IPO, cDPO label smoothing, NLL on chosen),
-Full-Step-DPO (per-step weighted log-ratios), the PRM's step classification. Pure tensor functions, testable by hand.
+"""Losses: SFT (token NLL), DPO / Step-DPO (sigmoid or IPO, cDPO label smoothing, NLL on chosen), TDPO
+(sequential KL from a live reference), Full-Step-DPO (per-step weighted log-ratios), the PRM's step
+classification. Pure tensor functions, testable by hand.
 
 Log-probs are SUMS over continuation tokens (the step for Step-DPO, the solution for DPO), never means.
 """
@@ -10,7 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-LOSS_TYPES = ("sigmoid", "ipo")
+LOSS_TYPES = ("sigmoid", "ipo", "tdpo1", "tdpo2")
+TDPO_LOSSES = ("tdpo1", "tdpo2")
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,12 @@ class LossConfig:
     label_smoothing: float = 0.0
     nll_weight: float = 0.0
     step_temperature: float = 0.5
+    tdpo_alpha: float = 0.5
+
+    @property
+    def live_reference(self) -> bool:
+        """TDPO needs the reference's whole next-token distribution, which cached log-probs cannot give."""
+        return self.loss in TDPO_LOSSES
 
 
 def segment_sums(tok_logps: torch.Tensor, segment: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,6 +90,29 @@ def preference_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, 
     chosen_rewards = beta * (policy_chosen - ref_chosen).detach()
     rejected_rewards = beta * (policy_rejected - ref_rejected).detach()
     return losses, chosen_rewards, rejected_rewards
+
+
+def tdpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+              ref_rejected: torch.Tensor, kl_chosen: torch.Tensor, kl_rejected: torch.Tensor, *, beta: float,
+              loss: str = "tdpo2", alpha: float = 0.5, label_smoothing: float | torch.Tensor = 0.0
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """TDPO (Zeng et al. 2024; the authors' `tdpo_loss`): per-pair losses and implicit rewards.
+
+    With m = sum_t log pi(y_t) - log ref(y_t) and D = the summed per-token KL(ref || pi) over the whole vocabulary
+    (`data.token_kl`), each summed over a continuation's tokens:
+        tdpo1: z = (m_w - m_l) - (D_l - D_w)
+        tdpo2: z = (m_w - m_l) - alpha * (D_l - sg(D_w))        (sg: stop-gradient; alpha 0 is DPO)
+        loss = -(1-eps) log s(beta z) - eps log s(-beta z)      (eps: cDPO label smoothing, 0 in the paper)
+    TDPO1 has no alpha (as in the authors' code). Rewards are beta * m, as for DPO."""
+    margin = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
+    if loss == "tdpo1":
+        z = margin - (kl_rejected - kl_chosen)
+    elif loss == "tdpo2":
+        z = margin - alpha * (kl_rejected - kl_chosen.detach())
+    else:
+        raise ValueError(f"unknown TDPO loss {loss!r}; choose one of {', '.join(TDPO_LOSSES)}")
+    losses = -(1 - label_smoothing) * F.logsigmoid(beta * z) - label_smoothing * F.logsigmoid(-beta * z)
+    return losses, beta * (policy_chosen - ref_chosen).detach(), beta * (policy_rejected - ref_rejected).detach()
 
 
 def sft_loss(tok_logps: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:

@@ -192,6 +192,10 @@ class RowBatch:
                                                   device=self.input_ids.device)
         return inputs
 
+    def positions(self, logits: torch.Tensor) -> torch.Tensor:
+        """(pairs, T) row of the model's flattened kept logits that predicts each target."""
+        return self.source_index
+
 
 def build_rows(examples: list[Example], plan: Plan, pad_id: int) -> RowBatch:
     """Lay `examples` out as packed rows (plan.mode "packed") or as separate chosen / rejected rows."""
@@ -267,7 +271,7 @@ def build_rows(examples: list[Example], plan: Plan, pad_id: int) -> RowBatch:
 
 def token_logps(logits: torch.Tensor, batch: RowBatch) -> torch.Tensor:
     """(pairs, T) log-prob of each continuation token (0 where none), from the model's flattened kept logits."""
-    return target_logps(logits, batch.source_index, batch.target_ids) * (batch.segment > 0)
+    return target_logps(logits, batch.positions(logits), batch.target_ids) * (batch.segment > 0)
 
 
 def forward(model, examples: list[Example], plan: Plan, pad_id: int, device) -> tuple[RowBatch, torch.Tensor]:

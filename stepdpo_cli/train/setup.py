@@ -58,6 +58,7 @@ class TrainConfig:
     max_tokens_per_batch: int = 0  # > 0: padding-free rows of several pairs, <= this many tokens each (packing.py)
     data_split: str = "train"  # --data-split: for hub ids and save_to_disk DatasetDicts
     skip_invalid: bool = False  # --skip-invalid: bad rows are logged and skipped instead of exit 2
+    tdpo_alpha: float = 0.5  # --loss tdpo2: weight of the rejected sequential KL (authors' default)
     prm_labels: str = "final-answer"  # objective prm: final-answer | first-error | step-scores (rewards/labels.py)
     extra: dict = field(default_factory=dict)
 
@@ -67,7 +68,7 @@ class TrainConfig:
 
     def loss_config(self) -> LossConfig:
         return LossConfig(self.objective, self.beta, self.loss, self.label_smoothing, self.nll_weight,
-                          self.step_temperature)
+                          self.step_temperature, self.tdpo_alpha)
 
 
 TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio"}  # -> module
@@ -208,6 +209,44 @@ def load_model(config: TrainConfig, model_path: str):
                           task_type="TOKEN_CLS" if config.objective == "prm" else "CAUSAL_LM")
         model = get_peft_model(model, lora)
     return model
+
+
+def load_reference(config: TrainConfig, model_path: str, accelerator, *, packed: bool = False):
+    """TDPO's live reference: the initial weights, frozen, in eval mode, run beside the policy at every step
+    (twice the weight memory). Without DeepSpeed it is prepared for evaluation (moved to the device, under the
+    same bf16 autocast as the policy, no DDP wrapper); with ZeRO-3 it is sharded like the policy (a DeepSpeed
+    engine without an optimizer, TRL's recipe); under ZeRO-1/2, which shard only optimizer state and
+    gradients, each process holds a whole copy (stage 0). Call after the policy's accelerator.prepare, which
+    fills the DeepSpeed config's "auto" values. `packed`: route its attention through the packed layout, as the
+    policy's (packing.plan_for)."""
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.bfloat16 if config.pure_bf16 else torch.float32
+    reference = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype,
+                                                     attn_implementation=config.attn_implementation)
+    reference.config.use_cache = False
+    _disable_dropout(reference)
+    reference.requires_grad_(False)
+    if packed:
+        from .packing import use_packed_attention
+
+        use_packed_attention(reference)
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is None:
+        return accelerator.prepare_model(reference, evaluation_mode=True).eval()
+    import copy
+
+    import deepspeed
+
+    ds = copy.deepcopy(plugin.deepspeed_config)
+    for key in ("optimizer", "scheduler"):
+        ds.pop(key, None)
+    zero = ds.setdefault("zero_optimization", {})
+    if zero.get("stage", 0) != 3:
+        ds["zero_optimization"] = {"stage": 0}
+    engine, *_ = deepspeed.initialize(model=reference, config=ds)
+    engine.eval()  # DeepSpeedEngine.eval returns None
+    return engine
 
 
 def _disable_dropout(model) -> None:
