@@ -52,6 +52,11 @@ def eval_command(
                                                              "sampled solution; with --n K the summary's selectors "
                                                              "compare best-of-n, weighted-vote and majority on the "
                                                              "same samples.")] = None,
+    value: Annotated[Optional[str], typer.Option("--value", help="An SVPO model dir (stepdpo train --objective "
+                                                                 "svpo): its value head scores the steps instead "
+                                                                 "of a PRM, (tanh v + 1) / 2 at each step's end; "
+                                                                 "--search beam is value-guided step beam search "
+                                                                 "(AlphaMath's SBS).")] = None,
     select: Annotated[Optional[str], typer.Option(help="With --prm: the selector whose answer is `prediction` / "
                                                        "`correct`: best-of-n (default) | weighted-vote | majority.")] = None,
     aggregate: Annotated[str, typer.Option(help="With --prm: a solution's score from its step rewards: mean | min | "
@@ -84,8 +89,10 @@ def eval_command(
                         "--concurrency": concurrency, "--max-line-bytes": max_line_bytes})
     if n > 1 and temperature <= 0:
         log.warn("--n > 1 with temperature 0 gives n identical greedy answers; set --temperature")
-    scorer, rescore = _prm_options(prm, select, aggregate, search, n, beam_width, expand, max_steps, temperature,
-                                   device, dtype, grade_timeout)
+    if value is not None and prm is not None:
+        raise InputError("give one step scorer: --prm or --value", field="--value")
+    scorer, rescore = _prm_options(prm or value, select, aggregate, search, n, beam_width, expand, max_steps,
+                                   temperature, device, dtype, grade_timeout, option="--value" if value else "--prm")
     source = load_problems(dataset, split, limit) if dataset else None
     generator = GenerationModel(model, backend, template, n, batch_size, parse_backend_options(backend_option),
                                 device=device, dtype=dtype, base_url=base_url, concurrency=concurrency)
@@ -111,7 +118,8 @@ def eval_command(
         results.generate_seconds = time.perf_counter() - results.started
         _print_eval_summary(results, n, model, generator, dataset, input, split, limit, stats, summary_path,
                             temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed, stop=stop,
-                            extra=_search_settings(prm, select, aggregate, search, beam_width, expand, max_steps))
+                            extra=_search_settings(prm or value, select, aggregate, search, beam_width, expand, max_steps,
+                                                   key="value" if value else "prm"))
         return
     if resume and output:
         for done in finished_records(output):  # the summary covers earlier runs' records too
@@ -135,7 +143,8 @@ def eval_command(
         generator.close()
     _print_eval_summary(results, n, model, generator, dataset, input, split, limit, stats, summary_path,
                         temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed, stop=stop,
-                            extra=_search_settings(prm, select, aggregate, search, beam_width, expand, max_steps))
+                        extra=_search_settings(prm or value, select, aggregate, search, beam_width, expand, max_steps,
+                                               key="value" if value else "prm"))
 
 
 def _print_eval_summary(results: Any, n: int, model: str, generator: "GenerationModel", dataset: str | None,
@@ -158,7 +167,8 @@ def _print_eval_summary(results: Any, n: int, model: str, generator: "Generation
 
 
 def _prm_options(prm: str | None, select: str | None, aggregate: str, search: str, n: int, beam_width: int,
-                 expand: int, max_steps: int, temperature: float, device: str, dtype: str, grade_timeout: float):
+                 expand: int, max_steps: int, temperature: float, device: str, dtype: str, grade_timeout: float,
+                 option: str = "--prm"):
     """Check the PRM options (usage errors before anything loads); (lazy PRM or None, eval's rescore hook)."""
     from ..rewards.prm import AGGREGATES, ProcessRewardModel
     from ..stages.select import SELECTORS, prm_selector
@@ -180,7 +190,12 @@ def _prm_options(prm: str | None, select: str | None, aggregate: str, search: st
         raise InputError("beam search returns one solution per problem: leave --n at 1", field="--n")
     if search == "beam" and expand > 1 and temperature <= 0:
         log.warn("--search beam with temperature 0 expands every beam into identical steps; set --temperature")
-    scorer = ProcessRewardModel(prm, device=device, dtype=dtype, lazy=True)
+    if option == "--value":
+        from ..rewards.value import ValueModel
+
+        scorer = ValueModel(prm, device=device, dtype=dtype, lazy=True)
+    else:
+        scorer = ProcessRewardModel(prm, device=device, dtype=dtype, lazy=True)
     if search == "beam":
         return scorer, None
     return scorer, prm_selector(scorer, select=select or "best-of-n", how=aggregate, grade_timeout=grade_timeout)
@@ -203,10 +218,10 @@ def _beam_stage(scorer: Any, results: Any):
 
 
 def _search_settings(prm: str | None, select: str | None, aggregate: str, search: str, beam_width: int,
-                     expand: int, max_steps: int) -> dict:
+                     expand: int, max_steps: int, key: str = "prm") -> dict:
     if prm is None:
         return {}
-    out: dict[str, Any] = {"prm": prm, "aggregate": aggregate, "search": search}
+    out: dict[str, Any] = {key: prm, "aggregate": aggregate, "search": search}
     if search == "beam":
         out.update(beam_width=beam_width, expand=expand, max_steps=max_steps)
     else:

@@ -37,7 +37,11 @@ def train(
                                                                "log-probs); not --model or inside it.")],
     objective: Annotated[str, typer.Option(help="sft | dpo | step-dpo | full-step-dpo | prm (a process reward "
                                                 "model: a 1-logit head read at each step's end, binary "
-                                                "cross-entropy; see --prm-labels).")] = "step-dpo",
+                                                "cross-entropy; see --prm-labels) | svpo (Step-DPO on tree pairs + an SFT "
+                                                "term on chosen steps with Q >= 0.5 + a tanh value head on the last "
+                                                "hidden state regressed on 2Q - 1 at both steps' ends; saved as "
+                                                "value_head.safetensors beside the model; SVPO's own loss is not "
+                                                "public, docs/records.md states this one).")] = "step-dpo",
     prm_labels: Annotated[str, typer.Option(help="prm: each step's target. final-answer: its solution's "
                                                  "`correct` (Full-Step-DPO, N=1) | first-error: 1 before a "
                                                  "localizer's first_error_step, 0 from it | step-scores: rollout "
@@ -78,6 +82,8 @@ def train(
                                            "runs beside the policy at every step, since cached log-probs cannot "
                                            "give its whole distribution: twice the weight memory. The authors' "
                                            "defaults: tdpo2, --tdpo-alpha 0.5, --beta 0.1).")] = "sigmoid",
+    sft_weight: Annotated[float, typer.Option(help="svpo: weight of the SFT term.")] = 1.0,
+    value_weight: Annotated[float, typer.Option(help="svpo: weight of the value head's squared error.")] = 1.0,
     tdpo_alpha: Annotated[float, typer.Option(help="tdpo2: weight of the KL term, z = margin - alpha * (KL_rejected "
                                                    "- stopgrad(KL_chosen)); 0 is DPO. tdpo1 has none.")] = 0.5,
     label_smoothing: Annotated[float, typer.Option(help="cDPO label smoothing (sigmoid loss); a row's own "
@@ -124,6 +130,11 @@ def train(
         raise InputError("must be >= 0", field="--max-tokens-per-batch")
     if loss in ("tdpo1", "tdpo2") and objective not in ("dpo", "step-dpo"):
         raise InputError(f"TDPO is a loss for preference pairs (dpo, step-dpo), not {objective}", field="--loss")
+    if objective == "svpo" and (lora or max_tokens_per_batch):
+        raise InputError("svpo trains the whole model with its value head, in the dense shared-prefix batch",
+                         field="--lora" if lora else "--max-tokens-per-batch")
+    if min(sft_weight, value_weight) < 0:
+        raise InputError("must be >= 0", field="--sft-weight" if sft_weight < 0 else "--value-weight")
     if tdpo_alpha < 0:
         raise InputError("must be >= 0", field="--tdpo-alpha")
     if objective == "prm" and max_tokens_per_batch:
@@ -159,7 +170,7 @@ def train(
         logging_steps=logging_steps, resume=resume, report_to=report_to, deepspeed=deepspeed,
         max_steps=max_steps, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
         max_tokens_per_batch=max_tokens_per_batch, skip_invalid=skip_invalid, prm_labels=prm_labels,
-        tdpo_alpha=tdpo_alpha,
+        tdpo_alpha=tdpo_alpha, sft_weight=sft_weight, value_weight=value_weight,
     )
 
     metrics_out = os.fdopen(metrics_fd, "wb")

@@ -117,7 +117,7 @@ class ProcessRewardModel:
 
     def __init__(self, path: str, *, device: str = "auto", dtype: str = "auto", batch_size: int = 8,
                  template: str | None = None, option: str = "--prm", lazy: bool = False):
-        self.meta = check_prm_dir(path, option)  # a usage error before any input is read
+        self.meta = self.check_dir(path, option)  # a usage error before any input is read
         self.path, self.option = path, option
         self.requested_device, self.dtype, self.requested_template = device, dtype, template
         self.batch_size = max(1, batch_size)
@@ -125,6 +125,14 @@ class ProcessRewardModel:
         self.model: Any = None
         if not lazy:
             self.load()
+
+    def check_dir(self, path: str, option: str) -> dict:
+        return check_prm_dir(path, option)
+
+    def step_values(self, ids, mask):
+        """(rows, width) rewards in [0, 1] at every position of a padded batch, on the CPU."""
+        logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+        return self._torch.sigmoid(logits[..., 0].float()).cpu()
 
     def load(self) -> "ProcessRewardModel":
         """Load weights and tokenizer (lazy PRMs: on the first `score`, once the first input has validated)."""
@@ -189,8 +197,7 @@ class ProcessRewardModel:
                         seq = encoded[i][0]
                         ids[row, :len(seq)] = torch.tensor(seq)
                         mask[row, :len(seq)] = 1
-                    logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
-                    values = torch.sigmoid(logits[..., 0].float()).cpu()
+                    values = self.step_values(ids, mask)
                     for row, i in enumerate(chunk):
                         out[i] = [float(values[row, p]) for p in encoded[i][1]]
         self.stats.add(out, sum(len(ids) for ids, _ in encoded), time.perf_counter() - start)
@@ -268,7 +275,7 @@ PRM_BACKENDS = {"hf": ProcessRewardModel, "vllm": VLLMProcessRewardModel}
 
 
 def load_prm(path: str, backend: str = "hf", **options: Any) -> ProcessRewardModel:
-    """Load a PRM saved by `stepdpo train --objective prm`: `backend` hf (transformers) or vllm (its pooling
+    """Load a PRM saved by `stepdpo train --objective prm` (value.load_step_scorer also takes SVPO dirs): `backend` hf (transformers) or vllm (its pooling
     runner); options: device (hf), dtype, batch_size (hf), template, lazy."""
     if backend not in PRM_BACKENDS:
         raise InputError(f"{backend!r} is not one of {', '.join(PRM_BACKENDS)}", field="--backend")

@@ -21,7 +21,8 @@ from ..records import PROBLEM_ALIASES, InputError, content_id
 from ..steps import COT_INTRO, STEP_PREFIX, split_steps
 from ..templates import encode_context, generation_prompt  # noqa: F401 - encode_context: one rule for all
 
-OBJECTIVES = ("sft", "dpo", "step-dpo", "full-step-dpo", "prm")
+OBJECTIVES = ("sft", "dpo", "step-dpo", "full-step-dpo", "prm", "svpo")
+STEP_OBJECTIVES = ("step-dpo", "svpo")  # one step per continuation, no EOS after it
 # step-end: a step the solution continues ends with its newline (what the model emits; see with_step_end).
 # as-given: `chosen`/`rejected` scored exactly as written, as the official StepDPOTrainer does.
 STEP_TEXTS = ("step-end", "as-given")
@@ -44,6 +45,8 @@ class Example:
     label_positions: list[int] = field(default_factory=list)  # prm: index into `chosen` of each step's last token
     labels: list[float] = field(default_factory=list)  # prm: each step's target in [0, 1]
     label_smoothing: float | None = None  # the row's own cDPO epsilon (tree pairs: from visit counts)
+    chosen_q: float | None = None  # svpo: the search tree's Q of the chosen / rejected step, in [0, 1]
+    rejected_q: float | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -92,7 +95,7 @@ def validator(objective: str, prm_labels: str = "final-answer") -> Callable[[dic
 
     def validate(record: dict) -> dict:
         _text_field(record, PROMPT_FIELDS)
-        steps_given = _text_field(record, ("initial_reason_steps",), required=objective == "step-dpo")
+        steps_given = _text_field(record, ("initial_reason_steps",), required=objective in STEP_OBJECTIVES)
         if objective == "sft":
             _text_field(record, SFT_FIELDS)
             return record
@@ -102,6 +105,12 @@ def validator(objective: str, prm_labels: str = "final-answer") -> Callable[[dic
         if smoothing is not None and (not isinstance(smoothing, (int, float)) or isinstance(smoothing, bool)
                                       or not 0.0 <= smoothing <= 0.5):
             raise InputError("must be a number in [0, 0.5] (this pair's cDPO epsilon)", field="label_smoothing")
+        if objective == "svpo":
+            for name in ("chosen_q", "rejected_q"):
+                q = record.get(name)
+                if not isinstance(q, (int, float)) or isinstance(q, bool) or not 0.0 <= q <= 1.0:
+                    raise InputError("must be a number in [0, 1]: svpo regresses its value head on the search "
+                                     "tree's Q (`pair --strategy tree` rows)", field=name)
         if objective == "full-step-dpo":
             _scores(record, "chosen_step_scores", _strip_intro(chosen, steps_given))
             _scores(record, "rejected_step_scores", _strip_intro(rejected, steps_given))
@@ -190,7 +199,7 @@ def encode_rows(rows: Iterable[dict], tokenizer: Any, template: str, objective: 
         raise InputError(f"{step_text!r} is not one of {', '.join(STEP_TEXTS)}", field="--step-text")
     stats = stats if stats is not None else EncodeStats()
     step_end = (lambda step, full: with_step_end(step, full)) if step_text == "step-end" else (lambda step, full: step)
-    eos = objective != "step-dpo"  # partial steps must not end in EOS; whole solutions do
+    eos = objective not in STEP_OBJECTIVES  # partial steps must not end in EOS; whole solutions do
     with_steps = objective == "full-step-dpo"
     examples = []
     for row in rows:
@@ -209,8 +218,10 @@ def encode_rows(rows: Iterable[dict], tokenizer: Any, template: str, objective: 
             if not all(t.strip() for t in texts):
                 stats.skipped_empty += 1
                 continue
-            if objective == "step-dpo":
+            if objective in STEP_OBJECTIVES:
                 texts = [step_end(texts[0], row.get("full_chosen")), step_end(texts[1], row.get("full_rejected"))]
+            if objective == "svpo":  # every step ends with its newline, where the value head reads it (as a PRM)
+                texts = [t if t.endswith("\n") else t + "\n" for t in texts]
         prefix = encode_context(tokenizer, context)
         encoded = [encode_continuation(tokenizer, t, eos=row_eos, with_steps=with_steps) for t in texts]
         conts = [ids for ids, _ in encoded]
@@ -224,6 +235,8 @@ def encode_rows(rows: Iterable[dict], tokenizer: Any, template: str, objective: 
             example.rejected, example.rejected_steps = conts[1], encoded[1][1][: len(conts[1])]
             if row.get("label_smoothing") is not None:
                 example.label_smoothing = float(row["label_smoothing"])
+        if objective == "svpo":
+            example.chosen_q, example.rejected_q = float(row["chosen_q"]), float(row["rejected_q"])
         if with_steps:
             example.chosen_scores = [float(s) for s in row["chosen_step_scores"]]
             example.rejected_scores = [float(s) for s in row["rejected_step_scores"]]

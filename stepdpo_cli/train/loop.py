@@ -26,9 +26,10 @@ from .. import log
 from ..records import InputError, atomic_write_json, derive_seed
 from ..templates import MODEL_META_FILE, template_for_model
 from . import packing
-from .data import EncodeStats, Example, encode_rows, pack, target_logps, token_kl, validator
-from .losses import (LossConfig, chosen_nll, full_step_logps, preference_loss, prm_loss, segment_sums, sft_loss,
-                     step_sums, step_weights, tdpo_loss)
+from .data import EncodeStats, Example, encode_rows, validator
+from ..rewards.value import save_value_head, split_state_dict
+from .losses import LossConfig
+from .objectives import forward, micro_step, per_step_logps
 from .setup import (TrainConfig, epoch_batches, init_trackers, keep_host_memory, load_model, load_reference,
                     make_accelerator, make_optimizer, progress_status, schedule, tracker_names)
 
@@ -38,84 +39,13 @@ STATE_FILE = "trainer_state.json"
 KEEP_CHECKPOINTS = 2
 
 
-# ---------------------------------------------------------------------------------------------- forward
+# ---------------------------------------------------------------------------------------------- reference
 
 def _mask_dtype(model) -> torch.dtype:
     for p in model.parameters():
         if p.dtype.is_floating_point:
             return p.dtype
     return torch.float32
-
-
-def model_batch(examples: list[Example], pad_id: int, device, dtype: torch.dtype,
-                packing_plan: packing.Plan | None = None):
-    """The shared-prefix batch of `examples` on `device` (row b is examples[b]): data.pack's dense one, or with
-    a packing plan padding-free rows / chosen and rejected in separate rows (packing.py)."""
-    if packing.uses_rows(packing_plan, examples):
-        return packing.build_rows(examples, packing_plan, pad_id).to(device)
-    batch = pack(examples, pad_id, dtype)
-    for name in ("input_ids", "position_ids", "attention_mask", "target_ids", "source_index", "segment",
-                 "step_index"):
-        setattr(batch, name, getattr(batch, name).to(device))
-    return batch
-
-
-def forward(model, examples: list[Example], pad_id: int, device, dtype: torch.dtype,
-            packing_plan: packing.Plan | None = None):
-    """One shared-prefix forward: returns (batch on device, (B, T) token log-probs); row b of both is
-    examples[b] (see model_batch)."""
-    batch = model_batch(examples, pad_id, device, dtype, packing_plan)
-    logits = model(**batch.model_inputs()).logits
-    return batch, target_logps(logits, batch.positions(logits), batch.target_ids) * (batch.segment > 0)
-
-
-def forward_with_reference(model, reference, examples: list[Example], pad_id: int, device, dtype: torch.dtype,
-                           packing_plan: packing.Plan | None = None):
-    """TDPO's forward: the policy and the live reference on the same batch. Returns (batch, policy token
-    log-probs, reference token log-probs, per-token KL(ref || policy) over the whole vocabulary), each (B, T)
-    and 0 off the continuations: the KL is taken only where a chosen or rejected token is predicted."""
-    batch = model_batch(examples, pad_id, device, dtype, packing_plan)
-    inputs = batch.model_inputs()
-    logits = model(**inputs).logits
-    with torch.no_grad():
-        ref_logits = reference(**inputs).logits
-    positions, mask = batch.positions(logits), batch.segment > 0
-    return (batch, target_logps(logits, positions, batch.target_ids) * mask,
-            target_logps(ref_logits, positions, batch.target_ids) * mask,
-            token_kl(logits, ref_logits, positions) * mask)
-
-
-def prm_forward(model, examples: list[Example], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """PRM forward: (step-end logits, step targets), flattened over the micro-batch. One right-padded row
-    per solution [context | solution]; the head's logit is read at each step's last token (rewards/prm.py)."""
-    width = max(e.num_tokens for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    rows, cols, labels = [], [], []
-    for b, e in enumerate(examples):
-        seq = e.prefix + e.chosen
-        ids[b, :len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask[b, :len(seq)] = 1
-        rows += [b] * len(e.label_positions)
-        cols += [len(e.prefix) + p for p in e.label_positions]
-        labels += e.labels
-    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[..., 0]
-    return logits[torch.tensor(rows, device=device), torch.tensor(cols, device=device)], \
-        torch.tensor(labels, dtype=torch.float32, device=device)
-
-
-def _num_steps(example: Example, which: int) -> int:
-    scores = example.chosen_scores if which == 1 else example.rejected_scores
-    return max(len(scores), 1)
-
-
-def per_step_logps(tok: torch.Tensor, batch, examples: list[Example]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Per-row tensors of per-step summed log-probs (one entry = the whole continuation unless full-step)."""
-    S = max(max(_num_steps(e, 1), _num_steps(e, 2)) for e in examples)
-    c = step_sums(tok, batch.segment, batch.step_index, 1, S)
-    r = step_sums(tok, batch.segment, batch.step_index, 2, S)
-    return ([c[b, : _num_steps(e, 1)] for b, e in enumerate(examples)],
-            [r[b, : _num_steps(e, 2)] for b, e in enumerate(examples)])
 
 
 def compute_reference(model, examples: list[Example], accelerator, config: TrainConfig, pad_id: int,
@@ -219,7 +149,7 @@ def train(config: TrainConfig, emit: Callable[[dict], None] | None = None) -> di
     torch.manual_seed(derive_seed(config.seed, "init", rank))
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if config.objective not in ("step-dpo", "prm") and tokenizer.eos_token_id is None:
+    if config.objective not in ("step-dpo", "svpo", "prm") and tokenizer.eos_token_id is None:
         raise InputError("the tokenizer has no EOS token, needed after whole solutions", field="--model")
     template = template_for_model(config.template, model_path, tokenizer)
     examples, stats = read_examples(config, tokenizer, template)
@@ -386,7 +316,7 @@ def _micro_backward(accelerator, model, examples: list[Example], ref: dict, lc: 
     for n, group in enumerate(groups):
         share = _loss_units(group, lc) / total if len(groups) > 1 else 1.0
         with contextlib.nullcontext() if n == len(groups) - 1 else accelerator.no_sync(model):
-            loss, part = _micro_step(model, group, ref, lc, pad_id, accelerator.device, dtype, packing_plan,
+            loss, part = micro_step(model, group, ref, lc, pad_id, accelerator.device, dtype, packing_plan,
                                      reference)
             accelerator.backward(loss * share if len(groups) > 1 else loss)
         for k, v in part.items():
@@ -400,76 +330,6 @@ def _loss_units(examples: list[Example], lc: LossConfig) -> float:
         return float(max(sum(len(e.chosen) + len(e.rejected) for e in examples), 1))
     return float(len(examples))
 
-
-def _micro_step(model, examples: list[Example], ref: dict, lc: LossConfig, pad_id: int, device, dtype,
-                packing_plan: packing.Plan | None = None, reference=None):
-    if lc.objective == "prm":
-        logits, labels = prm_forward(model, examples, pad_id, device)
-        loss = prm_loss(logits, labels)
-        predicted = (logits.detach() > 0).float()
-        return loss, {"loss": loss.item(), "step_accuracy": (predicted == (labels > 0.5).float()).float().mean().item(),
-                      "mean_reward": torch.sigmoid(logits.detach().float()).mean().item()}
-    if lc.live_reference:
-        return _tdpo_step(model, reference, examples, lc, pad_id, device, dtype, packing_plan)
-    batch, tok = forward(model, examples, pad_id, device, dtype, packing_plan)
-    if lc.objective == "sft":
-        loss = sft_loss(tok, batch.segment)
-        return loss, {"loss": loss.item()}
-    pol_c, pol_r = per_step_logps(tok, batch, examples)
-    ref_c = [ref[e.key][0].to(device) for e in examples]
-    ref_r = [ref[e.key][1].to(device) for e in examples]
-    pc, pr = torch.stack([v.sum() for v in pol_c]), torch.stack([v.sum() for v in pol_r])
-    rc, rr = torch.stack([v.sum() for v in ref_c]), torch.stack([v.sum() for v in ref_r])
-    if lc.objective == "full-step-dpo":
-        # The step weights act on the gradient, outside the sigmoid (see losses.full_step_logps).
-        wc = [step_weights(e.chosen_scores, lc.step_temperature, chosen=True) for e in examples]
-        wr = [step_weights(e.rejected_scores, lc.step_temperature, chosen=False) for e in examples]
-        pc, pr = full_step_logps(pc, _weighted(pol_c, wc)), full_step_logps(pr, _weighted(pol_r, wr))
-    losses, chosen_rewards, rejected_rewards = preference_loss(pc, pr, rc, rr, beta=lc.beta, loss=lc.loss,
-                                                               label_smoothing=_smoothing(examples, lc, pc))
-    return _preference_metrics(losses, chosen_rewards, rejected_rewards, tok, batch, lc)
-
-
-def _smoothing(examples: list[Example], lc: LossConfig, like: torch.Tensor) -> float | torch.Tensor:
-    """A row's own `label_smoothing` (tree pairs' visit-count confidence) replaces --label-smoothing for that row."""
-    if not any(e.label_smoothing is not None for e in examples):
-        return lc.label_smoothing
-    return torch.tensor([lc.label_smoothing if e.label_smoothing is None else e.label_smoothing for e in examples],
-                        dtype=like.dtype, device=like.device)
-
-
-def _tdpo_step(model, reference, examples: list[Example], lc: LossConfig, pad_id: int, device, dtype,
-               packing_plan: packing.Plan | None):
-    batch, tok, ref_tok, kl = forward_with_reference(model, reference, examples, pad_id, device, dtype, packing_plan)
-    (pc, pr), (rc, rr), (kc, kr) = (segment_sums(t, batch.segment) for t in (tok, ref_tok, kl))
-    losses, chosen_rewards, rejected_rewards = tdpo_loss(pc, pr, rc, rr, kc, kr, beta=lc.beta, loss=lc.loss,
-                                                         alpha=lc.tdpo_alpha,
-                                                         label_smoothing=_smoothing(examples, lc, pc))
-    loss, metrics = _preference_metrics(losses, chosen_rewards, rejected_rewards, tok, batch, lc)
-    metrics.update(chosen_kl=kc.detach().mean().item(), rejected_kl=kr.detach().mean().item())
-    return loss, metrics
-
-
-def _preference_metrics(losses, chosen_rewards, rejected_rewards, tok, batch, lc: LossConfig):
-    """The micro-batch loss (+ the NLL term on chosen) and the preference metrics."""
-    loss = losses.mean()
-    chosen_sum, rejected_sum = segment_sums(tok, batch.segment)
-    if lc.nll_weight:
-        loss = loss + lc.nll_weight * chosen_nll(chosen_sum, batch.segment).mean()
-    metrics = {
-        "loss": loss.item(),
-        "reward_accuracy": (chosen_rewards > rejected_rewards).float().mean().item(),
-        "chosen_reward": chosen_rewards.mean().item(),
-        "rejected_reward": rejected_rewards.mean().item(),
-        "margin": (chosen_rewards - rejected_rewards).mean().item(),
-        "chosen_logp": chosen_sum.detach().mean().item(),
-        "rejected_logp": rejected_sum.detach().mean().item(),
-    }
-    return loss, metrics
-
-
-def _weighted(per_step: list[torch.Tensor], weights: list[torch.Tensor]) -> torch.Tensor:
-    return torch.stack([(v * w.to(v)).sum() for v, w in zip(per_step, weights)])
 
 
 def _log_metrics(accelerator, window: dict, step: int, steps_per_epoch: int, lr: float, tokens: int,
@@ -486,7 +346,7 @@ def _log_metrics(accelerator, window: dict, step: int, steps_per_epoch: int, lr:
     metrics["lr"] = lr
     metrics["tokens_per_s"] = round(float(values[-1]) / max(seconds, 1e-9), 1)
     order = ["step", "epoch", "loss", "reward_accuracy", "step_accuracy", "mean_reward", "chosen_reward", "rejected_reward", "margin",
-             "chosen_logp", "rejected_logp", "chosen_kl", "rejected_kl", "lr", "grad_norm", "tokens_per_s"]
+             "chosen_logp", "rejected_logp", "chosen_kl", "rejected_kl", "value_loss", "value_accuracy", "sft_loss", "lr", "grad_norm", "tokens_per_s"]
     metrics = {k: metrics[k] for k in order if k in metrics}
     if accelerator.is_main_process and emit is not None:
         emit(metrics)
@@ -505,12 +365,19 @@ def _save_model(accelerator, model, tokenizer, config: TrainConfig, template: st
         if config.lora and config.merge_lora:
             unwrapped = unwrapped.merge_and_unload()
             state_dict = None  # the merged module's own weights
+        if config.objective == "svpo":  # the LM as a plain HF dir, its value head beside it
+            state_dict, head = split_state_dict(state_dict if state_dict is not None else unwrapped.state_dict())
+            unwrapped = unwrapped.model
+            save_value_head(head, config.output)
         unwrapped.save_pretrained(config.output, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(config.output)
         meta = {"template": template, "objective": config.objective, "base_model": model_path,
                 **({"prm": {"labels": config.prm_labels, "step_format": prm_step_format(), "head": "1 logit per "
                             "token (AutoModelForTokenClassification); reward = sigmoid at each step's last token"}}
                    if config.objective == "prm" else {}),
+                **({"value_head": {"file": "value_head.safetensors", "reads": "tanh(Linear(last hidden state)) at "
+                                   "each step's last token", "target": "2Q - 1"}}
+                   if config.objective == "svpo" else {}),
                 "lora": config.lora, "lora_merged": config.lora and config.merge_lora,
                 "config": {k: v for k, v in asdict(config).items() if k not in ("extra",)}, "summary": summary}
         atomic_write_json(os.path.join(config.output, MODEL_META_FILE), meta)

@@ -24,6 +24,8 @@ class LossConfig:
     nll_weight: float = 0.0
     step_temperature: float = 0.5
     tdpo_alpha: float = 0.5
+    sft_weight: float = 1.0  # svpo: the SFT term on chosen steps with Q >= 0.5
+    value_weight: float = 1.0  # svpo: the value head's squared error
 
     @property
     def live_reference(self) -> bool:
@@ -124,6 +126,11 @@ def sft_loss(tok_logps: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:
 def chosen_nll(policy_chosen: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:
     """(B,) per-token NLL of each chosen continuation (the RPO-style NLL term)."""
     return -policy_chosen / (segment == 1).sum(-1).clamp(min=1)
+
+
+def value_loss(values: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """SVPO / AlphaMath: mean squared error of tanh values at step ends against Q targets in [-1, 1]."""
+    return ((values.float() - targets.float()) ** 2).mean()
 
 
 def prm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

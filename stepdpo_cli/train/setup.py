@@ -58,6 +58,8 @@ class TrainConfig:
     max_tokens_per_batch: int = 0  # > 0: padding-free rows of several pairs, <= this many tokens each (packing.py)
     data_split: str = "train"  # --data-split: for hub ids and save_to_disk DatasetDicts
     skip_invalid: bool = False  # --skip-invalid: bad rows are logged and skipped instead of exit 2
+    sft_weight: float = 1.0  # svpo: weight of the SFT term (chosen steps with Q >= 0.5)
+    value_weight: float = 1.0  # svpo: weight of the value head's squared error
     tdpo_alpha: float = 0.5  # --loss tdpo2: weight of the rejected sequential KL (authors' default)
     prm_labels: str = "final-answer"  # objective prm: final-answer | first-error | step-scores (rewards/labels.py)
     extra: dict = field(default_factory=dict)
@@ -68,7 +70,7 @@ class TrainConfig:
 
     def loss_config(self) -> LossConfig:
         return LossConfig(self.objective, self.beta, self.loss, self.label_smoothing, self.nll_weight,
-                          self.step_temperature, self.tdpo_alpha)
+                          self.step_temperature, self.tdpo_alpha, self.sft_weight, self.value_weight)
 
 
 TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio"}  # -> module
@@ -208,6 +210,11 @@ def load_model(config: TrainConfig, model_path: str):
                           target_modules="all-linear",
                           task_type="TOKEN_CLS" if config.objective == "prm" else "CAUSAL_LM")
         model = get_peft_model(model, lora)
+    if config.objective == "svpo":  # the policy and a fresh tanh value head, trained together (rewards/value.py)
+        from ..rewards.value import PolicyWithValueHead
+
+        torch.manual_seed(derive_seed(config.seed, "value-head"))
+        model = PolicyWithValueHead(model)
     return model
 
 
