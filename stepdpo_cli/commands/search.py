@@ -30,7 +30,7 @@ def search(
     c_puct: Annotated[float, typer.Option(help="PUCT exploration weight: Q + c * P * sqrt(N_parent) / (1 + N).")] = 1.0,
     rollouts: Annotated[int, typer.Option(help="Leaf value: the success rate of this many graded continuations "
                                                "(0: use --value).")] = 2,
-    value: Annotated[Optional[str], typer.Option(help="Leaf value from a PRM dir (its reward for the leaf's last "
+    value: Annotated[Optional[str], typer.Option(help="Leaf value from a PRM or SVPO dir (its reward for the leaf's last "
                                                       "step) instead of rollouts.")] = None,
     length_penalty: Annotated[float, typer.Option(help="Prior = exp(sum log pi / len^this), normalised over "
                                                        "siblings (MCTS-DPO's 1.25).")] = 1.25,
@@ -75,9 +75,9 @@ def search(
         raise InputError("leaves need a value: --rollouts >= 1 or --value PATH", field="--rollouts")
     scorer = None
     if value is not None:
-        from ..rewards.prm import load_prm
+        from ..rewards.value import load_step_scorer
 
-        scorer = load_prm(value, device=device, dtype=dtype, lazy=True, option="--value")
+        scorer = load_step_scorer(value, device=device, dtype=dtype, lazy=True, option="--value")
     generator = GenerationModel(model, backend, template, max(expand, root_expand), batch_size,
                                 parse_backend_options(backend_option), device=device, dtype=dtype, base_url=base_url,
                                 concurrency=concurrency)
