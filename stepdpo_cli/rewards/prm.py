@@ -138,7 +138,6 @@ class ProcessRewardModel:
         """Load weights and tokenizer (lazy PRMs: on the first `score`, once the first input has validated)."""
         if self.model is not None:
             return self
-        import torch
         from transformers import AutoModelForTokenClassification, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
@@ -153,6 +152,12 @@ class ProcessRewardModel:
         if model.config.num_labels != 1:
             raise InputError(f"{self.path} has {model.config.num_labels} labels; a stepdpo PRM has one",
                              field=self.option)
+        return self.loaded(model)
+
+    def loaded(self, model: Any) -> "ProcessRewardModel":
+        """Hold `model` (on the device, eval mode) and what scoring reads beside it: template, pad id."""
+        import torch
+
         self.model = model.to(self.device).eval()
         self.template = resolve_template(self.requested_template or self.meta.get("template"), self.tokenizer)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..records import InputError
-from ..templates import read_model_meta, resolve_template
+from ..templates import read_model_meta
 from .prm import ProcessRewardModel, load_prm
 
 VALUE_HEAD_FILE = "value_head.safetensors"
@@ -103,12 +103,7 @@ class ValueModel(ProcessRewardModel):
         lm = AutoModelForCausalLM.from_pretrained(self.path, dtype=_resolve_dtype(self.dtype, self.device))
         model = PolicyWithValueHead(lm)
         model.value_head.load_state_dict(load_file(os.path.join(self.path, VALUE_HEAD_FILE)))
-        self.model = model.to(self.device).eval()
-        self.template = resolve_template(self.requested_template or self.meta.get("template"), self.tokenizer)
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
-            else self.tokenizer.eos_token_id
-        self._torch = torch
-        return self
+        return self.loaded(model)
 
     def step_values(self, ids, mask):
         out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), logits_to_keep=1)

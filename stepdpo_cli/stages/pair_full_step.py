@@ -25,15 +25,21 @@ _NOT_COPIED = frozenset({"problem", "completion", "steps", "prediction", "predic
                          "localize_status", "localizer", "candidates", "id"})
 
 
-def validate_scored(record: dict) -> dict:
-    """A graded, PRM-scored solution: `steps`, `correct`, `step_rewards` (one per step), `prm_score`."""
+def graded_steps(record: dict, strategy: str) -> list[str]:
+    """The steps of a graded solution with its problem (InputError naming the field otherwise)."""
     from ..rewards.labels import record_steps
 
     steps = record_steps(record)
     if not isinstance(record.get("problem"), str):
         raise InputError("missing", field="problem")
     if not isinstance(record.get("correct"), bool):
-        raise InputError("missing or not a boolean: pair --strategy full-step needs graded samples", field="correct")
+        raise InputError(f"missing or not a boolean: pair --strategy {strategy} needs graded samples", field="correct")
+    return steps
+
+
+def validate_scored(record: dict) -> dict:
+    """A graded, PRM-scored solution: `steps`, `correct`, `step_rewards` (one per step), `prm_score`."""
+    steps = graded_steps(record, "full-step")
     rewards = record.get("step_rewards")
     if not isinstance(rewards, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                 for v in rewards):

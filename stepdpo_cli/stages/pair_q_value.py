@@ -23,7 +23,7 @@ from typing import Iterable, Iterator
 
 from ..records import InputError
 from ..steps import STEP_PREFIX, join_steps, prefix_text
-from .pair_full_step import problem_groups, problem_key
+from .pair_full_step import graded_steps, problem_groups, problem_key
 
 FORMATS = ("dpo", "step")
 
@@ -40,13 +40,7 @@ def critical_step(step_scores: list) -> tuple[int, float] | None:
 
 def validate_q_record(record: dict) -> dict:
     """A graded, rollout-localized solution: problem, steps, correct; step_scores for wrong ones."""
-    from ..rewards.labels import record_steps
-
-    steps = record_steps(record)
-    if not isinstance(record.get("problem"), str):
-        raise InputError("missing", field="problem")
-    if not isinstance(record.get("correct"), bool):
-        raise InputError("missing or not a boolean: q-value pairs need graded samples", field="correct")
+    steps = graded_steps(record, "q-value")
     scores = record.get("step_scores")
     if scores is not None and (not isinstance(scores, list) or len(scores) != len(steps) or not all(
             q is None or (isinstance(q, (int, float)) and not isinstance(q, bool)) for q in scores)):
