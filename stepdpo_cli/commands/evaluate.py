@@ -118,8 +118,8 @@ def eval_command(
         results.generate_seconds = time.perf_counter() - results.started
         _print_eval_summary(results, n, model, generator, dataset, input, split, limit, stats, summary_path,
                             temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed, stop=stop,
-                            extra=_search_settings(prm or value, select, aggregate, search, beam_width, expand, max_steps,
-                                                   key="value" if value else "prm"))
+                            extra=_search_settings(prm or value, select, aggregate, search, beam_width, expand,
+                                                   max_steps, key="value" if value else "prm"))
         return
     if resume and output:
         for done in finished_records(output):  # the summary covers earlier runs' records too

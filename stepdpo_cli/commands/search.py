@@ -30,7 +30,7 @@ def search(
     c_puct: Annotated[float, typer.Option(help="PUCT exploration weight: Q + c * P * sqrt(N_parent) / (1 + N).")] = 1.0,
     rollouts: Annotated[int, typer.Option(help="Leaf value: the success rate of this many graded continuations "
                                                "(0: use --value).")] = 2,
-    value: Annotated[Optional[str], typer.Option(help="Leaf value from a PRM or SVPO dir (its reward for the leaf's last "
+    value: Annotated[Optional[str], typer.Option(help="Leaf value from a PRM or SVPO dir (its score of the leaf's last "
                                                       "step) instead of rollouts.")] = None,
     length_penalty: Annotated[float, typer.Option(help="Prior = exp(sum log pi / len^this), normalised over "
                                                        "siblings (MCTS-DPO's 1.25).")] = 1.25,

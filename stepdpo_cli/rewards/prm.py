@@ -280,8 +280,9 @@ PRM_BACKENDS = {"hf": ProcessRewardModel, "vllm": VLLMProcessRewardModel}
 
 
 def load_prm(path: str, backend: str = "hf", **options: Any) -> ProcessRewardModel:
-    """Load a PRM saved by `stepdpo train --objective prm` (value.load_step_scorer also takes SVPO dirs): `backend` hf (transformers) or vllm (its pooling
-    runner); options: device (hf), dtype, batch_size (hf), template, lazy."""
+    """Load a PRM saved by `stepdpo train --objective prm` (value.load_step_scorer also takes SVPO dirs):
+    `backend` hf (transformers) or vllm (its pooling runner); options: device (hf), dtype, batch_size (hf),
+    template, lazy."""
     if backend not in PRM_BACKENDS:
         raise InputError(f"{backend!r} is not one of {', '.join(PRM_BACKENDS)}", field="--backend")
     return PRM_BACKENDS[backend](path, **options)

@@ -4,8 +4,8 @@ Input: `localize --method rollout` output, where `step_scores[i-1]` is Q after s
 continuations from the prefix ending there; null where not rolled out). A wrong solution's **critical step** c
 is the first step with the lowest measured Q: the step after which success is least likely.
 
-- `--format dpo` (whole solutions: Setlur et al.'s pair): chosen = a correct solution of the same problem (the `--top` first
-  correct records of the problem, in input order: its samples must be together, as `sample --keep all` writes
+- `--format dpo` (whole solutions: Setlur et al.'s pair): chosen = a correct solution of the same problem (the
+  `--top` first correct records of the problem, in input order: its samples must be together, as `sample --keep all` writes
   them), rejected = the wrong solution's prefix ending at step c. Rows are whole-solution rows (`prompt`,
   `initial_reason_steps` = the CoT prefix, `chosen`, `rejected`), with `full_rejected` = the whole wrong
   solution. Note `train --objective dpo` ends every whole continuation with EOS, the rejected prefix included.

@@ -2,7 +2,8 @@
 
 Order of work: read + tokenise rows -> load the policy -> accelerate.prepare -> reference log-probs with
 the *initial* policy (once, cached in OUTPUT/ref_logps.pt, reused on resume; no reference model is held
-while training, except for TDPO, whose reference runs beside the policy) -> optional resume from OUTPUT/checkpoints/step-N -> steps -> save a HF model dir.
+while training, except for TDPO, whose reference runs beside the policy) -> optional resume from
+OUTPUT/checkpoints/step-N -> steps -> save a HF model dir.
 
 Data order is a pure function of (seed, epoch): each epoch is a seeded permutation, cut into global
 batches of batch_size * processes * grad_accum rows (wrapped around to fill the last one), so a resumed
@@ -24,10 +25,10 @@ import torch
 
 from .. import log
 from ..records import InputError, atomic_write_json, derive_seed
+from ..rewards.value import save_value_head, split_state_dict
 from ..templates import MODEL_META_FILE, template_for_model
 from . import packing
 from .data import EncodeStats, Example, encode_rows, validator
-from ..rewards.value import save_value_head, split_state_dict
 from .losses import LossConfig
 from .objectives import forward, micro_step, per_step_logps
 from .setup import (TrainConfig, epoch_batches, init_trackers, keep_host_memory, load_model, load_reference,
@@ -345,8 +346,9 @@ def _log_metrics(accelerator, window: dict, step: int, steps_per_epoch: int, lr:
     metrics.update({n: float(values[i]) for i, n in enumerate(names)})
     metrics["lr"] = lr
     metrics["tokens_per_s"] = round(float(values[-1]) / max(seconds, 1e-9), 1)
-    order = ["step", "epoch", "loss", "reward_accuracy", "step_accuracy", "mean_reward", "chosen_reward", "rejected_reward", "margin",
-             "chosen_logp", "rejected_logp", "chosen_kl", "rejected_kl", "value_loss", "value_accuracy", "sft_loss", "lr", "grad_norm", "tokens_per_s"]
+    order = ["step", "epoch", "loss", "reward_accuracy", "step_accuracy", "mean_reward", "chosen_reward",
+             "rejected_reward", "margin", "chosen_logp", "rejected_logp", "chosen_kl", "rejected_kl", "value_loss",
+             "value_accuracy", "sft_loss", "lr", "grad_norm", "tokens_per_s"]
     metrics = {k: metrics[k] for k in order if k in metrics}
     if accelerator.is_main_process and emit is not None:
         emit(metrics)
