@@ -167,7 +167,7 @@ def data_lines(directory: str, label: str) -> list[str]:
             + " / ".join(str(pairs[v]) if pairs[v] else "-" for v in ("stepdpo", "dpo", "ood")) + " |"]
 
 
-def plot(study: str, regimes: list[str], seeds: list[str], png: str) -> bool:
+def plot(study: str, regimes: list[str], seeds: list[str], png: str, variants: tuple[str, ...] = TRAINED) -> bool:
     """Paired difference vs SFT (greedy and sampled) with its 95% CI, per variant and regime."""
     try:
         import matplotlib
@@ -180,7 +180,7 @@ def plot(study: str, regimes: list[str], seeds: list[str], png: str) -> bool:
     for ax, regime in zip(axes[0], regimes):
         for offset, kind, color in ((-0.15, "greedy", "tab:blue"), (0.15, "sampled", "tab:orange")):
             ys, means, halves = [], [], []
-            for index, variant in enumerate(TRAINED):
+            for index, variant in enumerate(variants):
                 d = compare(study, regime, variant, "sft", kind, seeds)
                 if d.get("n", 0) >= 2:
                     ys.append(index + offset)
@@ -188,7 +188,7 @@ def plot(study: str, regimes: list[str], seeds: list[str], png: str) -> bool:
                     halves.append(100 * d["half"])
             ax.errorbar(means, ys, xerr=halves, fmt="o", color=color, capsize=3, label=kind)
         ax.axvline(0, color="grey", lw=1)
-        ax.set_yticks(range(len(TRAINED)), TRAINED)
+        ax.set_yticks(range(len(variants)), variants)
         ax.invert_yaxis()
         ax.set_title(f"{regime}: accuracy minus SFT (points, 95% CI)", fontsize=9)
         ax.grid(alpha=0.3, axis="x")

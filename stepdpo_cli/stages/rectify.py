@@ -120,7 +120,8 @@ def _attach_candidates(record: dict, record_seed: int, completions: list, graded
     k = record["first_error_step"]
     rejected = record["steps"][k - 1]
     record["rectify"] = {"n": len(completions), "correct": 0, "kept": 0, "dropped_same": 0, "failed_verify": 0,
-                         "seed": record_seed, "settings": settings}
+                         "generated_tokens": sum(c.num_tokens for c in completions), "seed": record_seed,
+                         "settings": settings}
     info, candidates = record["rectify"], []
     for index, (completion, (prediction, source, ok)) in enumerate(zip(completions, graded)):
         info["correct"] += int(ok)
