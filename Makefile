@@ -39,13 +39,15 @@ install-dev: $(VENV)/.stamp-dev
 
 # The default suite, the vLLM tier (its own venv, built by scripts/test-vllm.sh), then the small demo with its
 # check (every stage wrote records, every trained model loads and generates) and the study's protocol in
-# miniature with its check (every variant, seed and regime evaluated; docs/study.md's sections written).
+# miniature with its check (every variant, seed and regime evaluated; docs/study.md's sections written), and the
+# methods study in miniature with its check (every method and seed evaluated, every section of methods.md written).
 test: test-default test-vllm test-browser test-demo
 
 test-demo: install
-	rm -rf examples/arith/work-quick examples/arith/study-quick
+	rm -rf examples/arith/work-quick examples/arith/study-quick examples/arith/methods-quick
 	$(MAKE) -C examples/arith demo-quick
 	$(MAKE) -C examples/arith study-quick
+	$(MAKE) -C examples/arith methods-quick
 
 test-default: install-dev
 	$(PY) -m pytest --durations=10 $(PYTEST_ARGS)

@@ -3,8 +3,8 @@
 On the arith demo's shipped SFT checkpoint (examples/arith/sft-model, CPU, hf backend), the same P problems:
 
   throughput: tokens generated per second by the search (expansions + rollouts, tree bookkeeping and grading
-              included) vs the same backend generating solutions in plain batched calls (n per problem) with
-              about as many tokens; the goal is >= 0.7x;
+              included), with each --expansion (step, continuation), vs the same backend generating solutions in
+              plain batched calls (n per problem) with about as many tokens; the goal is >= 0.7x;
   yield:      pairs per 1,000 generated tokens: tree pairs (pair --strategy tree) from the search vs Step-DPO's
               sample (n) -> localize by rollouts -> rectify -> pair on the same problems.
 
@@ -60,14 +60,17 @@ def main() -> int:
     engine = HFBackend(SFT, device="cpu", batch_size=256)
     engine.generate([Request("Add: 1 + 2\n", seed=0)], SamplingParams(max_tokens=4))  # warm-up
 
-    counted = Counting(engine)
-    settings = SearchSettings(simulations=args.simulations, expand=2, root_expand=3, rollouts=2, max_step_tokens=64,
-                              max_tokens=128, temperature=1.0)
-    start = time.perf_counter()
-    trees = list(search_records([dict(p) for p in problems], counted, template="raw", settings=settings, seed=1,
-                                chunk_size=len(problems)))
-    search_s, search_tokens = time.perf_counter() - start, counted.tokens
-    tree_pairs = sum(len(tree_pair_rows(t)) for t in trees)
+    results = {}
+    for expansion in ("step", "continuation"):
+        counted = Counting(engine)
+        settings = SearchSettings(simulations=args.simulations, expand=2, root_expand=3, rollouts=2,
+                                  max_step_tokens=64, max_tokens=128, temperature=1.0, expansion=expansion)
+        start = time.perf_counter()
+        trees = list(search_records([dict(p) for p in problems], counted, template="raw", settings=settings,
+                                    seed=1, chunk_size=len(problems)))
+        seconds, tokens = time.perf_counter() - start, counted.tokens
+        results[expansion] = (tokens, seconds, sum(len(tree_pair_rows(t)) for t in trees))
+    search_tokens = max(t for t, _, _ in results.values())
 
     n = 8
     requests = [Request(generation_prompt(p["problem"], "raw"), seed=i) for i, p in enumerate(problems)]
@@ -88,11 +91,13 @@ def main() -> int:
     step_pairs = sum(len(g) for g in pair_records(rectified))
     classic_tokens = counted.tokens
 
-    print(f"search: {search_tokens} tokens in {search_s:.1f}s = {search_tokens / search_s:.0f} tokens/s; plain batched "
-          f"sampling: {plain_tokens} tokens in {plain_s:.1f}s = {plain_tokens / plain_s:.0f} tokens/s; "
-          f"ratio {(search_tokens / search_s) / (plain_tokens / plain_s):.2f}x (goal >= 0.7x)")
-    print(f"pairs per 1,000 generated tokens: tree {1000 * tree_pairs / search_tokens:.2f} ({tree_pairs} pairs, "
-          f"{search_tokens} tokens) vs sample+localize+rectify {1000 * step_pairs / max(classic_tokens, 1):.2f} "
+    plain_rate = plain_tokens / plain_s
+    print(f"plain batched sampling: {plain_tokens} tokens in {plain_s:.1f}s = {plain_rate:.0f} tokens/s")
+    for expansion, (tokens, seconds, pairs) in results.items():
+        print(f"search --expansion {expansion}: {tokens} tokens in {seconds:.1f}s = {tokens / seconds:.0f} tokens/s, "
+              f"ratio {(tokens / seconds) / plain_rate:.2f}x (goal >= 0.7x); tree pairs per 1,000 generated tokens "
+              f"{1000 * pairs / tokens:.2f} ({pairs} pairs)")
+    print(f"sample+localize+rectify: pairs per 1,000 generated tokens {1000 * step_pairs / max(classic_tokens, 1):.2f} "
           f"({step_pairs} pairs, {classic_tokens} tokens), {len(problems)} problems")
     return 0
 

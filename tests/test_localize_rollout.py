@@ -45,6 +45,22 @@ def test_linear_scores_every_prefix_up_to_the_error():
     assert row["step_scores"] == [1.0, 1.0, 1.0, 1.0, 0.0, None, None, 0.0]
 
 
+class _CountingPolicy(ScriptedPolicy):
+    generated = 0
+
+    def generate(self, requests, params):
+        outputs = super().generate(requests, params)
+        self.generated += sum(c.num_tokens for cs in outputs for c in cs)
+        return outputs
+
+
+def test_rollout_tokens_are_what_the_records_rollouts_generated():
+    policy = _CountingPolicy()
+    rows, _ = _run([make_record(NUMBERS8, 3), make_record(NUMBERS8, 6, rid="q/s0")], "linear", policy)
+    assert all(r["rollout_tokens"] > 0 for r in rows)
+    assert sum(r["rollout_tokens"] for r in rows) == policy.generated
+
+
 def test_correct_solution_has_no_error_and_binary_spends_nothing():
     [lin], _ = _run([make_record(NUMBERS8, None)], "linear")
     [bin_], _ = _run([make_record(NUMBERS8, None)], "binary")

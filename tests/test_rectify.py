@@ -33,6 +33,8 @@ def test_candidates_are_the_correct_first_steps_from_the_same_context_sample_use
     assert [c["text"] for c in row["candidates"]] == [right] * 4
     assert all(c["prediction"] == "22" and c["continuation"].startswith(right) for c in row["candidates"])
     assert row["rectify"]["n"] == 4 and row["rectify"]["correct"] == 4 and row["rectify"]["kept"] == 4
+    # the scripted policy counts a character as a token; every continuation was kept, so all are here
+    assert row["rectify"]["generated_tokens"] == sum(len(c["continuation"]) for c in row["candidates"])
     assert row["candidates"][0]["seed"] == derive_seed(5, "p0/s0") == row["rectify"]["seed"]
     expected = generation_prompt(row["problem"], "raw", None, reason_prefix=prefix_text(row["steps"], 3))
     assert policy.prompts == [expected]

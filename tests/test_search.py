@@ -104,3 +104,56 @@ def test_cli_search_then_pair_tree(tiny_model, tmp_path):
     bad = run_cli("search", "-m", tiny_model, "-i", str(no_answer), env=ENV)
     lines = [ln for ln in bad.stderr.decode().splitlines() if ln.strip() and "WARNING" not in ln]
     assert bad.returncode == 2 and len(lines) == 1 and "field 'answer'" in lines[0]
+
+
+def test_continuation_expansion_is_one_call_per_simulation_and_reproducible():
+    policy = StepwisePolicy(error_percent=40)
+    first = _search(policy, expansion="continuation", rollouts=1)
+    # 2 chunks x 12 simulations, every call an expansion (2 candidates, 3 at a root): no rollout call at all
+    assert len(policy.calls) <= 24 and policy.calls[0] == (4, 12)
+    assert all(total in (2 * prompts, 3 * prompts) for prompts, total in policy.calls)
+    again = _search(StepwisePolicy(error_percent=40), expansion="continuation", rollouts=1)
+    assert orjson.dumps(first) == orjson.dumps(again)
+    for record in first:
+        nodes = {n["id"]: n for n in record["tree"]}
+        assert nodes[0]["visits"] == sum(n["evaluations"] for n in nodes.values())
+        assert all(n["visits"] == n["evaluations"] + sum(c["visits"] for c in nodes.values() if c["parent"] == i)
+                   for i, n in nodes.items())
+        assert all(n["step"] and "\nStep" not in n["step"] for i, n in nodes.items() if i)  # children are steps
+        assert record["search"]["settings"]["expansion"] == "continuation"
+    right = [r for r in first if r["tree"][r["chosen_path"][-1]]["correct"]]
+    assert len(right) >= 5, [r["chosen_steps"] for r in first]
+
+
+def test_continuation_tail_is_the_first_rollout():
+    policy = StepwisePolicy(error_percent=40)
+    _search(policy, expansion="continuation", rollouts=3, simulations=2)
+    # per simulation: the expansion call, then 2 more rollouts per new non-terminal child (the tail was the first)
+    rollout_calls = policy.calls[1::2]
+    assert rollout_calls and all(total == 2 * prompts for prompts, total in rollout_calls)
+
+
+def test_first_step_priors_read_only_the_first_steps_tokens(tiny_model):
+    from transformers import AutoTokenizer
+
+    from stepdpo_cli.stages.search import _first_step
+
+    text = "3 + 4 = 7.\nStep 2: 7 + 2 = 9.\nStep 3: The answer is: 9"
+    c = Completion(text, 20, "stop", logprobs=[-1.0] * 20)
+    step, marker, logprobs, count = _first_step(c, None)
+    assert step == "3 + 4 = 7." and marker == "\nStep" and count == round(20 * len(step) / len(text)) == len(logprobs)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    _, _, logprobs, count = _first_step(c, tokenizer)
+    assert count == len(tokenizer.encode(step, add_special_tokens=False)) == len(logprobs)
+    last = Completion("The answer is: 9", 5, "stop", logprobs=[-0.2] * 5)
+    assert _first_step(last, tokenizer) == ("The answer is: 9", None, [-0.2] * 5, 5)  # terminal: all of it
+
+
+def test_continuation_expansion_needs_rollouts_not_a_value_model():
+    with pytest.raises(InputError) as bad:
+        list(search_records(_problems(1), StepwisePolicy(), template="raw", value=object(),
+                            settings=SearchSettings(expansion="continuation")))
+    assert bad.value.field == "--expansion"
+    with pytest.raises(InputError) as bad:
+        SearchSettings(expansion="whole").check()
+    assert bad.value.field == "--expansion"

@@ -179,6 +179,7 @@ $(foreach n,$(FINAL_NAMES),$(R)/models/$(n)/stepdpo.json): $(R)/models/%/stepdpo
 	@if [ "$(call part,2,$*)" = "s$(TUNE_SEED)" ] && [ "$(filter $(call part,1,$*),$(TUNED) control)" ]; then \
 	  tuned=$$($(PY) methods.py tuned $(R)/chosen.json $(call part,1,$*)); \
 	  echo "$* = $$tuned (the chosen tuning run)"; rm -rf $(R)/models/$*; cp -pr $(R)/models/$$tuned $(R)/models/$*; \
+	  touch $(R)/models/$*/stepdpo.json; \
 	  cp -p $(R)/metrics-$$tuned.jsonl $(R)/metrics-$*.jsonl; \
 	else \
 	  $(call train,$*,$(call part,1,$*),$$($(PY) study.py args $< $(call part,1,$*)),$(patsubst s%,%,$(call part,2,$*))); \

@@ -138,8 +138,13 @@ def report(directory: str, seeds: list[str], out_path: str, settings: str) -> No
     if select.get("selectors"):
         sel = select["selectors"]
         top = max(sel, key=lambda s: sel[s].get("accuracy", 0))
+        sft_greedy = {i: v[0] for i, v in pooled(study, regime, "sft", "greedy", seeds).items()}
+        picked = {r["id"]: float(r["selections"][top]["correct"])
+                  for r in read_jsonl(os.path.join(directory, "eval", "select-prm.jsonl"))}
         out.append(f"- At inference with the SFT checkpoint, the best selector over {select['settings']['n']} samples "
-                   f"is {top} ({pct(sel[top]['accuracy'])}%) against greedy {pct(mean_acc('sft', 'greedy'))}%.")
+                   f"at T={select['settings'].get('temperature')} is {top} ({pct(sel[top]['accuracy'])}%): "
+                   f"{fmt_diff(paired(sft_greedy, picked))} points against its greedy decoding "
+                   f"({pct(mean_acc('sft', 'greedy'))}%).")
     out.append("")
 
     # ---- protocol
@@ -181,8 +186,8 @@ def report(directory: str, seeds: list[str], out_path: str, settings: str) -> No
         out += [f"![paired differences vs SFT]({os.path.basename(png)})", ""]
     out += ["Verdicts, greedy:", ""]
     for m in METHODS:
-        out.append(f"- {LABELS[m]} vs SFT: {verdict(vs_sft[(m, 'greedy')], m, 'sft')}"
-                   + (f"; vs the control: {verdict(vs_control[(m, 'greedy')], m, 'control')}" if m != "control" else ""))
+        out.append(f"- {LABELS[m]} vs SFT: {verdict(vs_sft[(m, 'greedy')], LABELS[m], 'sft')}" + (
+            f"; vs the control: {verdict(vs_control[(m, 'greedy')], LABELS[m], 'control')}" if m != "control" else ""))
     out.append("")
 
     # ---- selectors

@@ -38,6 +38,10 @@ def search(
     max_tokens: Annotated[int, typer.Option(help="Tokens at most per rollout.")] = 512,
     max_seconds: Annotated[float, typer.Option(help="Per chunk of problems: stop simulating after this long and "
                                                     "write the trees with status timeout (0: no limit).")] = 0.0,
+    expansion: Annotated[str, typer.Option(help="step: sample each candidate up to the next step marker | "
+                                               "continuation: sample whole continuations, the first step is the "
+                                               "child and the rest its first rollout (our choice for speed: long "
+                                               "decodes, one call per simulation at --rollouts 1).")] = "step",
     temperature: Annotated[float, typer.Option(help="Sampling temperature of expansions and rollouts.")] = 1.0,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 1.0,
     template: TemplateOpt = None,
@@ -65,14 +69,11 @@ def search(
     settings = SearchSettings(simulations=simulations, expand=expand, root_expand=root_expand, depth=depth,
                               c_puct=c_puct, rollouts=rollouts, temperature=temperature, top_p=top_p,
                               max_step_tokens=max_step_tokens, max_tokens=max_tokens, length_penalty=length_penalty,
-                              max_seconds=max_seconds)
+                              max_seconds=max_seconds, expansion=expansion)
     settings.check()
     check_ranges(temperature=temperature, top_p=top_p, timeouts={"--grade-timeout": grade_timeout},
                  sizes={"--batch-size": batch_size, "--concurrency": concurrency, "--max-line-bytes": max_line_bytes})
-    if rollouts == 0 and value is None:
-        from ..records import InputError
-
-        raise InputError("leaves need a value: --rollouts >= 1 or --value PATH", field="--rollouts")
+    settings.check_leaf_values(value is not None)  # before a value model loads
     scorer = None
     if value is not None:
         from ..rewards.value import load_step_scorer

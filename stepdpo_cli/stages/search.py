@@ -5,11 +5,17 @@ chunk (the engines' prefix caches share the trees' common prefixes):
 
 1. select: each problem's tree (search/mcts.py) walks by PUCT to a leaf;
 2. expand: a leaf that is not terminal and above `depth` gets `expand` sampled next steps (`root_expand` at the
-   root), stopped at "\\nStep", with their log-probs: prior = exp(sum log pi / len^length_penalty) over siblings;
-   a step that ends without a further marker is terminal and its answer is graded against the gold one;
+   root) with their log-probs: prior = exp(sum log pi / len^length_penalty) over siblings; a step that ends
+   without a further marker is terminal and its answer is graded against the gold one. `expansion`:
+   - "step": each candidate is sampled up to the next "\\nStep" marker (`max_step_tokens`);
+   - "continuation" (our choice for speed; the papers expand single steps): each candidate is a whole
+     continuation to an answer (`max_tokens`); its first step is the child, the prior reads that step's tokens
+     only (counted by tokenizing the step, so a token spanning the step's end may be off by one), and the rest,
+     graded, is the child's first rollout. Long decodes instead of two short calls: one backend call per
+     simulation at `rollouts` 1;
 3. evaluate: each new child (or a leaf that cannot grow) gets a value: terminal 1/0 by its grade; otherwise the
-   success rate of `rollouts` continuations from it (graded), or, with a value model / PRM (`value.score`), the
-   reward of its last step;
+   success rate of `rollouts` continuations from it (graded; under "continuation" its expansion's own tail is
+   the first of them), or, with a value model / PRM (`value.score`), the reward of its last step;
 4. backup: one visit and the value for the node and its ancestors.
 
 Output: the input record plus `tree` (node records: id, parent, step, visits, evaluations, q, prior, terminal,
@@ -25,7 +31,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
-from ..backends.base import Backend, Request, SamplingParams
+from ..backends.base import Backend, Completion, Request, SamplingParams, truncate_at_stop
 from ..grading import grade_many
 from ..records import InputError, batched, derive_seed, normalize_problem
 from ..search.mcts import Tree, priors_from_logprobs
@@ -33,6 +39,7 @@ from ..steps import join_steps, prefix_text
 from ..templates import generation_prompt
 
 STEP_STOP = "\nStep"
+EXPANSIONS = ("step", "continuation")
 
 
 @dataclass(frozen=True)
@@ -49,8 +56,11 @@ class SearchSettings:
     max_tokens: int = 512
     length_penalty: float = 1.25
     max_seconds: float = 0.0  # 0: no limit
+    expansion: str = "step"
 
     def check(self) -> None:
+        if self.expansion not in EXPANSIONS:
+            raise InputError(f"choose one of {', '.join(EXPANSIONS)}", field="--expansion")
         for name in ("simulations", "expand", "root_expand", "depth", "max_step_tokens", "max_tokens"):
             if getattr(self, name) < 1:
                 raise InputError(f"must be >= 1, got {getattr(self, name)}", field="--" + name.replace("_", "-"))
@@ -58,6 +68,14 @@ class SearchSettings:
             raise InputError("must be >= 0 (0 needs --value)", field="--rollouts")
         if self.c_puct < 0 or self.max_seconds < 0:
             raise InputError("must be >= 0", field="--c-puct" if self.c_puct < 0 else "--max-seconds")
+
+    def check_leaf_values(self, has_value: bool) -> None:
+        """Leaves need rollouts or a value model; continuation expansion values children by rollouts only."""
+        if self.rollouts == 0 and not has_value:
+            raise InputError("leaves need a value: --rollouts >= 1 or --value PATH", field="--rollouts")
+        if self.expansion == "continuation" and (has_value or self.rollouts == 0):
+            raise InputError("continuation expansion values children by rollouts (its tail is the first): use "
+                             "--rollouts >= 1 without --value, or --expansion step", field="--expansion")
 
 
 def validate_searchable(record: dict) -> dict:
@@ -74,8 +92,7 @@ def search_records(records: Iterable[dict], backend: Backend, *, template: str, 
                    advance: Callable[[int], Any] = lambda n: None) -> Iterator[dict]:
     """Yield each problem record with its tree (see the module doc)."""
     settings.check()
-    if settings.rollouts == 0 and value is None:
-        raise InputError("leaves need a value: --rollouts >= 1 or --value PATH", field="--rollouts")
+    settings.check_leaf_values(value is not None)
     for problems in batched(records, max(1, chunk_size)):
         yield from _search_chunk(problems, backend, template, settings, seed, value, grade_timeout)
         advance(len(problems))
@@ -99,31 +116,42 @@ def _search_chunk(problems: list[dict], backend: Backend, template: str, s: Sear
         requests = [Request(_prompt(p["problem"], trees[p["id"]].steps_to(leaves[p["id"]]), template, tok),
                             seed=derive_seed(seed, p["id"], "expand", sim),
                             n=s.root_expand if leaves[p["id"]] == 0 else s.expand) for p in grow]
-        outputs = backend.generate(requests, SamplingParams(n=s.expand, temperature=s.temperature, top_p=s.top_p,
-                                                            max_tokens=s.max_step_tokens, stop=(STEP_STOP,),
-                                                            logprobs=True)) if requests else []
+        whole = s.expansion == "continuation"
+        outputs = backend.generate(requests, SamplingParams(
+            n=s.expand, temperature=s.temperature, top_p=s.top_p, logprobs=True,
+            max_tokens=s.max_tokens if whole else s.max_step_tokens, stop=() if whole else (STEP_STOP,))
+        ) if requests else []
         new: dict[str, list[int]] = {p["id"]: [] for p in problems}
         finals = []  # (pid, node id, solution text) to grade
+        tails = []  # continuation expansion: (pid, node id, the whole solution its expansion sampled)
         for p, completions in zip(grow, outputs):
             tree, leaf = trees[p["id"]], leaves[p["id"]]
-            priors = priors_from_logprobs([sum(c.logprobs or [0.0]) for c in completions],
-                                          [c.num_tokens for c in completions], s.length_penalty)
-            for c, prior in zip(completions, priors):
+            steps = [_first_step(c, tok) if whole else (c.text, c.stop_reason, c.logprobs or [0.0], c.num_tokens)
+                     for c in completions]
+            priors = priors_from_logprobs([sum(lp) for _, _, lp, _ in steps], [n for _, _, _, n in steps],
+                                          s.length_penalty)
+            for c, (text, marker, _, _), prior in zip(completions, steps, priors):
                 tokens[p["id"]] += c.num_tokens
-                node = tree.add_child(leaf, c.text, prior, terminal=c.stop_reason is None)
+                node = tree.add_child(leaf, text, prior, terminal=marker is None)
                 new[p["id"]].append(node.id)
                 if node.terminal:
                     finals.append((p, node.id, join_steps(tree.steps_to(node.id))))
+                elif whole:
+                    done = tree.steps_to(leaf)
+                    tails.append((p, node.id, join_steps(done + [c.text]) if done else c.text))
         for p in problems:  # a leaf that cannot grow is evaluated again
             if not new[p["id"]]:
                 new[p["id"]].append(leaves[p["id"]])
                 node = trees[p["id"]].nodes[leaves[p["id"]]]
                 if node.terminal and node.correct is None:
                     finals.append((p, node.id, join_steps(trees[p["id"]].steps_to(node.id))))
-        for (p, node_id, _), (_, _, ok) in zip(finals, grade_many([(text, p["answer"]) for p, _, text in finals],
-                                                                  timeout=grade_timeout)):
+        graded = grade_many([(text, p["answer"]) for p, _, text in finals + tails], timeout=grade_timeout)
+        for (p, node_id, _), (_, _, ok) in zip(finals, graded):
             trees[p["id"]].nodes[node_id].correct = bool(ok)
-        values = _evaluate(problems, trees, new, backend, template, s, seed, sim, value, tokens, grade_timeout)
+        tail_wins = {(p["id"], node_id): [1.0 if ok else 0.0]
+                     for (p, node_id, _), (_, _, ok) in zip(tails, graded[len(finals):])}
+        values = _evaluate(problems, trees, new, backend, template, s, seed, sim, value, tokens, grade_timeout,
+                           tail_wins)
         for p in problems:
             for node_id in new[p["id"]]:
                 trees[p["id"]].backup(node_id, values[(p["id"], node_id)])
@@ -139,7 +167,23 @@ def _search_chunk(problems: list[dict], backend: Backend, template: str, s: Sear
                           "generated_tokens": tokens[p["id"]]}}
 
 
-def _evaluate(problems, trees, new, backend, template, s, seed, sim, value, tokens, grade_timeout) -> dict:
+def _first_step(completion: Completion, tokenizer: Any) -> tuple[str, str | None, list[float], int]:
+    """A whole continuation's first step: (its text, the marker after it or None, its tokens' log-probs, their
+    count). The count tokenizes the step text (without a tokenizer: its share of the characters)."""
+    text, marker = truncate_at_stop(completion.text, (STEP_STOP,))
+    logprobs = completion.logprobs or [0.0]
+    if marker is None:
+        return text, None, logprobs, completion.num_tokens
+    if tokenizer is not None:
+        count = len(tokenizer.encode(text, add_special_tokens=False))
+    else:
+        count = round(completion.num_tokens * len(text) / max(len(completion.text), 1))
+    count = min(max(count, 1), len(logprobs))
+    return text, marker, logprobs[:count], count
+
+
+def _evaluate(problems, trees, new, backend, template, s, seed, sim, value, tokens, grade_timeout,
+              tail_wins) -> dict:
     """The value of every node to back up this simulation (see the module doc, step 3)."""
     values: dict[tuple[str, int], float] = {}
     pending = []
@@ -157,18 +201,24 @@ def _evaluate(problems, trees, new, backend, template, s, seed, sim, value, toke
         for (p, node_id), r in zip(pending, rewards):
             values[(p["id"], node_id)] = float(r[-1])
         return values
-    requests = [Request(_prompt(p["problem"], trees[p["id"]].steps_to(n), template, backend.tokenizer), seed=derive_seed(seed, p["id"], "rollout", sim, n)) for p, n in pending]
+    have = {(p["id"], n): tail_wins.get((p["id"], n), []) for p, n in pending}
+    rolled = [(p, n) for p, n in pending if s.rollouts > len(have[(p["id"], n)])]
     # A rollout continues after the node's step: its prompt asks for the next step.
+    requests = [Request(_prompt(p["problem"], trees[p["id"]].steps_to(n), template, backend.tokenizer),
+                        seed=derive_seed(seed, p["id"], "rollout", sim, n), n=s.rollouts - len(have[(p["id"], n)]))
+                for p, n in rolled]
     outputs = backend.generate(requests, SamplingParams(n=s.rollouts, temperature=s.temperature, top_p=s.top_p,
-                                                        max_tokens=s.max_tokens))
+                                                        max_tokens=s.max_tokens)) if requests else []
     texts = []
-    for (p, n), completions in zip(pending, outputs):
+    for (p, n), completions in zip(rolled, outputs):
         done = trees[p["id"]].steps_to(n)
         for c in completions:
             tokens[p["id"]] += c.num_tokens
             texts.append((join_steps(done + [c.text]) if done else c.text, p["answer"]))
     graded = iter(grade_many(texts, timeout=grade_timeout))
-    for (p, node_id), completions in zip(pending, outputs):
-        oks = [next(graded)[2] for _ in completions]
-        values[(p["id"], node_id)] = sum(oks) / len(oks) if oks else 0.0
+    for (p, node_id), completions in zip(rolled, outputs):
+        have[(p["id"], node_id)] = have[(p["id"], node_id)] + [1.0 if next(graded)[2] else 0.0 for _ in completions]
+    for p, node_id in pending:
+        wins = have[(p["id"], node_id)]
+        values[(p["id"], node_id)] = sum(wins) / len(wins) if wins else 0.0
     return values
