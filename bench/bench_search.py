@@ -3,7 +3,8 @@
 On the arith demo's shipped SFT checkpoint (examples/arith/sft-model, CPU, hf backend), the same P problems:
 
   throughput: tokens generated per second by the search (expansions + rollouts, tree bookkeeping and grading
-              included), with each --expansion (step, continuation), vs the same backend generating solutions in
+              included), with each --expansion (step, continuation) and with 4 simulations per problem run together
+              (--parallel-simulations 4, step expansion), vs the same backend generating solutions in
               plain batched calls (n per problem) with about as many tokens; the goal is >= 0.7x;
   yield:      pairs per 1,000 generated tokens: tree pairs (pair --strategy tree) from the search vs Step-DPO's
               sample (n) -> localize by rollouts -> rectify -> pair on the same problems.
@@ -61,15 +62,17 @@ def main() -> int:
     engine.generate([Request("Add: 1 + 2\n", seed=0)], SamplingParams(max_tokens=4))  # warm-up
 
     results = {}
-    for expansion in ("step", "continuation"):
+    for expansion, parallel in (("step", 1), ("continuation", 1), ("step", 4)):
         counted = Counting(engine)
         settings = SearchSettings(simulations=args.simulations, expand=2, root_expand=3, rollouts=2,
-                                  max_step_tokens=64, max_tokens=128, temperature=1.0, expansion=expansion)
+                                  max_step_tokens=64, max_tokens=128, temperature=1.0, expansion=expansion,
+                                  parallel_simulations=parallel)
         start = time.perf_counter()
         trees = list(search_records([dict(p) for p in problems], counted, template="raw", settings=settings,
                                     seed=1, chunk_size=len(problems)))
         seconds, tokens = time.perf_counter() - start, counted.tokens
-        results[expansion] = (tokens, seconds, sum(len(tree_pair_rows(t)) for t in trees))
+        name = f"--expansion {expansion} --parallel-simulations {parallel}"
+        results[name] = (tokens, seconds, sum(len(tree_pair_rows(t)) for t in trees))
     search_tokens = max(t for t, _, _ in results.values())
 
     n = 8
@@ -93,8 +96,8 @@ def main() -> int:
 
     plain_rate = plain_tokens / plain_s
     print(f"plain batched sampling: {plain_tokens} tokens in {plain_s:.1f}s = {plain_rate:.0f} tokens/s")
-    for expansion, (tokens, seconds, pairs) in results.items():
-        print(f"search --expansion {expansion}: {tokens} tokens in {seconds:.1f}s = {tokens / seconds:.0f} tokens/s, "
+    for name, (tokens, seconds, pairs) in results.items():
+        print(f"search {name}: {tokens} tokens in {seconds:.1f}s = {tokens / seconds:.0f} tokens/s, "
               f"ratio {(tokens / seconds) / plain_rate:.2f}x (goal >= 0.7x); tree pairs per 1,000 generated tokens "
               f"{1000 * pairs / tokens:.2f} ({pairs} pairs)")
     print(f"sample+localize+rectify: pairs per 1,000 generated tokens {1000 * step_pairs / max(classic_tokens, 1):.2f} "

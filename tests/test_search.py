@@ -91,14 +91,19 @@ def test_cli_search_then_pair_tree(tiny_model, tmp_path):
     problems.write_bytes(b"".join(orjson.dumps(p) + b"\n" for p in _problems(2)))
     out = tmp_path / "trees.jsonl"
     proc = run_cli("search", "-m", tiny_model, "-i", str(problems), "-o", str(out), "--simulations", "3",
-                   "--max-step-tokens", "4", "--max-tokens", "4", "--template", "raw", env=ENV)
+                   "--max-step-tokens", "4", "--max-tokens", "4", "--template", "raw", "--parallel-simulations", "2",
+                   env=ENV)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in records] == ["q0", "q1"] and all(len(r["tree"]) >= 4 for r in records)
+    assert all(r["search"]["settings"]["parallel_simulations"] == 2 and r["search"]["simulations"] == 3
+               for r in records)
     pairs = run_cli("pair", "--strategy", "tree", "-i", str(out))
     assert pairs.returncode == 0, pairs.stderr.decode()
     bad = run_cli("search", "-m", tiny_model, "-i", str(problems), "--simulations", "0", env=ENV)
     assert bad.returncode == 2 and "--simulations" in bad.stderr.decode()
+    bad = run_cli("search", "-m", tiny_model, "-i", str(problems), "--parallel-simulations", "0", env=ENV)
+    assert bad.returncode == 2 and "--parallel-simulations" in bad.stderr.decode()
     no_answer = tmp_path / "na.jsonl"
     no_answer.write_text('{"id": "a", "problem": "Add: 1 + 2"}\n')
     bad = run_cli("search", "-m", tiny_model, "-i", str(no_answer), env=ENV)
@@ -157,3 +162,28 @@ def test_continuation_expansion_needs_rollouts_not_a_value_model():
     with pytest.raises(InputError) as bad:
         SearchSettings(expansion="whole").check()
     assert bad.value.field == "--expansion"
+
+
+def test_parallel_simulations_keep_the_budget_in_fewer_backend_calls():
+    one, together = StepwisePolicy(error_percent=40), StepwisePolicy(error_percent=40)
+    first = _search(one)
+    batched_trees = _search(together, parallel_simulations=4)
+    assert orjson.dumps(batched_trees) == orjson.dumps(_search(StepwisePolicy(error_percent=40),
+                                                               parallel_simulations=4))
+    for record in batched_trees:
+        nodes = {n["id"]: n for n in record["tree"]}
+        for node in nodes.values():
+            below = sum(c["visits"] for c in nodes.values() if c["parent"] == node["id"])
+            assert node["visits"] == node["evaluations"] + below
+        # every simulation evaluated at least one node; each is numbered, so the budget is exact
+        assert record["search"]["simulations"] == 12 and sum(n["evaluations"] for n in nodes.values()) >= 12
+    assert len(together.calls) <= 0.75 * len(one.calls), (len(together.calls), len(one.calls))
+    assert max(rows for _, rows in together.calls) > max(rows for _, rows in one.calls)  # wider calls
+    assert any(r["tree"] != b["tree"] for r, b in zip(first, batched_trees))  # a different (batched) search
+
+
+def test_parallel_simulations_of_zero_is_a_usage_error():
+    with pytest.raises(InputError) as bad:
+        list(search_records(_problems(1), StepwisePolicy(), template="raw",
+                            settings=SearchSettings(parallel_simulations=0)))
+    assert bad.value.field == "--parallel-simulations"

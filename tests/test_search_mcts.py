@@ -103,3 +103,18 @@ def test_tree_pairs_from_a_hand_made_tree_are_exactly_the_expected_rows():
     assert len(tree_pair_rows(record, min_gap=0.8)) == 1  # the root's gap is 5/7 - 0 < 0.8
     check = validator("step-dpo")
     assert all(check(dict(r)) for r in rows)  # train reads them, label_smoothing included
+
+
+def test_simulations_run_together_pick_distinct_leaves_with_a_virtual_loss():
+    tree = _small_tree()
+    tree.backup(3, 1.0)
+    tree.backup(2, 0.0)
+    tree.backup(4, 0.5)
+    before = [(n.visits, n.value_sum) for n in tree.nodes]
+    assert tree.select_many(1, 1.5) == [tree.select(1.5)] == [3]
+    # After a1's pending loss: a = 0.5 + 1.5 * 0.6 * 2 / 4 beats b = 1.5 * 0.4 * 2 / 2; under a, a2
+    # (0.5 + 1.5 * 0.5 * sqrt(3) / 2) beats a1 (0.5 + 1.5 * 0.5 * sqrt(3) / 3). After a2's, the walk comes back
+    # to a1, already picked: two leaves, not three.
+    assert tree.select_many(3, 1.5) == [3, 4]
+    assert [(n.visits, n.value_sum) for n in tree.nodes] == before  # the pending visits are taken back
+    assert Tree().select_many(4) == [0]  # a young tree: the root alone

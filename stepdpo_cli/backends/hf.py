@@ -452,10 +452,12 @@ class HFBackend:
             # random stream is a function of its own seed and history only.
             offsets: dict[int, int] = {}
             draws = []
+            drawn = 0  # a running total: summing the draws per new request was quadratic in the batch
             for row in rows:
                 if row.request not in offsets:
-                    offsets[row.request] = sum(len(d) for d in draws)
+                    offsets[row.request] = drawn
                     draws.append(torch.rand(counts[batch[row.request]], generator=generators[row.request]))
+                    drawn += len(draws[-1])
             index = torch.tensor([offsets[row.request] + row.sample for row in rows])
             u = torch.cat(draws)[index].to(logits.device)
             probs = torch.softmax(logits / params.temperature, dim=-1)

@@ -42,6 +42,11 @@ def search(
                                                "continuation: sample whole continuations, the first step is the "
                                                "child and the rest its first rollout (our choice for speed: long "
                                                "decodes, one call per simulation at --rollouts 1).")] = "step",
+    parallel_simulations: Annotated[int, typer.Option(
+        help="Simulations per problem run together: this many distinct leaves picked with a virtual loss (each "
+             "picked path counts one visit of value 0 until backed up), expanded and valued in the same backend "
+             "calls. Our choice for speed, as batched AlphaZero-style MCTS does; 1 (the papers') runs them one at "
+             "a time.")] = 1,
     temperature: Annotated[float, typer.Option(help="Sampling temperature of expansions and rollouts.")] = 1.0,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 1.0,
     template: TemplateOpt = None,
@@ -69,7 +74,8 @@ def search(
     settings = SearchSettings(simulations=simulations, expand=expand, root_expand=root_expand, depth=depth,
                               c_puct=c_puct, rollouts=rollouts, temperature=temperature, top_p=top_p,
                               max_step_tokens=max_step_tokens, max_tokens=max_tokens, length_penalty=length_penalty,
-                              max_seconds=max_seconds, expansion=expansion)
+                              max_seconds=max_seconds, expansion=expansion,
+                              parallel_simulations=parallel_simulations)
     settings.check()
     check_ranges(temperature=temperature, top_p=top_p, timeouts={"--grade-timeout": grade_timeout},
                  sizes={"--batch-size": batch_size, "--concurrency": concurrency, "--max-line-bytes": max_line_bytes})

@@ -97,6 +97,31 @@ class Tree:
             node = self.nodes[best]
         return node.id
 
+    def select_many(self, k: int, c_puct: float = 1.0) -> list[int]:
+        """Up to `k` distinct leaves for simulations that run together, chosen with a virtual loss.
+
+        After each pick, every node from that leaf to the root carries one pending visit of value 0 (a loss),
+        so the next walk sees that path as tried and less promising, as in batched AlphaZero-style MCTS; the
+        pending visits are taken back before returning. A walk that lands on a leaf already picked ends the
+        picking (on a young tree that is the root alone). `k` = 1 is exactly `select`.
+        """
+        leaves: list[int] = []
+        for _ in range(k):
+            leaf = self.select(c_puct)
+            if leaf in leaves:
+                break
+            leaves.append(leaf)
+            self._visit_path(leaf, +1)
+        for leaf in leaves:
+            self._visit_path(leaf, -1)
+        return leaves
+
+    def _visit_path(self, node_id: int, visits: int) -> None:
+        node: Node | None = self.nodes[node_id]
+        while node is not None:
+            node.visits += visits
+            node = self.nodes[node.parent] if node.parent is not None else None
+
     def backup(self, node_id: int, value: float) -> None:
         """One visit and `value` for `node_id` and each of its ancestors."""
         node: Node | None = self.nodes[node_id]

@@ -18,6 +18,12 @@ chunk (the engines' prefix caches share the trees' common prefixes):
    the first of them), or, with a value model / PRM (`value.score`), the reward of its last step;
 4. backup: one visit and the value for the node and its ancestors.
 
+`parallel_simulations` K > 1 (our choice for speed; the papers run one simulation at a time) runs up to K
+simulations of a problem per round: `Tree.select_many` picks K distinct leaves under a virtual loss, and all of
+them are expanded and valued in the same two calls, so each call is up to K times wider. Every problem still
+gets exactly `simulations`; a young tree (the root alone) yields fewer leaves per round. K = 1 is the sequential
+search, byte for byte.
+
 Output: the input record plus `tree` (node records: id, parent, step, visits, evaluations, q, prior, terminal,
 correct), `chosen_path` (node ids along the most visited child), `chosen_steps`, and `search` (settings,
 `status` done | timeout, `simulations` run, `generated_tokens`; no wall times, so a resumed run writes the same
@@ -57,11 +63,13 @@ class SearchSettings:
     length_penalty: float = 1.25
     max_seconds: float = 0.0  # 0: no limit
     expansion: str = "step"
+    parallel_simulations: int = 1  # per problem, run together (virtual loss); 1: one at a time, as the papers
 
     def check(self) -> None:
         if self.expansion not in EXPANSIONS:
             raise InputError(f"choose one of {', '.join(EXPANSIONS)}", field="--expansion")
-        for name in ("simulations", "expand", "root_expand", "depth", "max_step_tokens", "max_tokens"):
+        for name in ("simulations", "expand", "root_expand", "depth", "max_step_tokens", "max_tokens",
+                     "parallel_simulations"):
             if getattr(self, name) < 1:
                 raise InputError(f"must be >= 1, got {getattr(self, name)}", field="--" + name.replace("_", "-"))
         if self.rollouts < 0:
@@ -104,28 +112,34 @@ def _search_chunk(problems: list[dict], backend: Backend, template: str, s: Sear
         normalize_problem(problem)
     trees = {p["id"]: Tree() for p in problems}
     tokens = {p["id"]: 0 for p in problems}
-    start, status, done_sims = time.perf_counter(), "done", 0
+    start, status = time.perf_counter(), "done"
+    done = {p["id"]: 0 for p in problems}  # simulations run per problem
     tok = backend.tokenizer
-    for sim in range(s.simulations):
+    whole = s.expansion == "continuation"
+    while any(n < s.simulations for n in done.values()):
         if s.max_seconds and time.perf_counter() - start > s.max_seconds:
             status = "timeout"
             break
-        leaves = {p["id"]: trees[p["id"]].select(s.c_puct) for p in problems}
-        grow = [p for p in problems if not trees[p["id"]].nodes[leaves[p["id"]]].terminal
-                and trees[p["id"]].depth(leaves[p["id"]]) < s.depth]
-        requests = [Request(_prompt(p["problem"], trees[p["id"]].steps_to(leaves[p["id"]]), template, tok),
-                            seed=derive_seed(seed, p["id"], "expand", sim),
-                            n=s.root_expand if leaves[p["id"]] == 0 else s.expand) for p in grow]
-        whole = s.expansion == "continuation"
+        # Each problem's leaves this round (`parallel_simulations` at most), numbered by simulation: seeds
+        # derive from that number.
+        leaves = {pid: trees[pid].select_many(min(s.parallel_simulations, s.simulations - n), s.c_puct)
+                  if n < s.simulations else [] for pid, n in done.items()}
+        sims = {pid: {leaf: done[pid] + k for k, leaf in enumerate(chosen)} for pid, chosen in leaves.items()}
+        grow = [(p, leaf) for p in problems for leaf in leaves[p["id"]]
+                if not trees[p["id"]].nodes[leaf].terminal and trees[p["id"]].depth(leaf) < s.depth]
+        requests = [Request(_prompt(p["problem"], trees[p["id"]].steps_to(leaf), template, tok),
+                            seed=derive_seed(seed, p["id"], "expand", sims[p["id"]][leaf]),
+                            n=s.root_expand if leaf == 0 else s.expand) for p, leaf in grow]
         outputs = backend.generate(requests, SamplingParams(
             n=s.expand, temperature=s.temperature, top_p=s.top_p, logprobs=True,
             max_tokens=s.max_tokens if whole else s.max_step_tokens, stop=() if whole else (STEP_STOP,))
         ) if requests else []
-        new: dict[str, list[int]] = {p["id"]: [] for p in problems}
+        new: dict[str, list[tuple[int, int]]] = {p["id"]: [] for p in problems}  # (node id, its simulation)
         finals = []  # (pid, node id, solution text) to grade
         tails = []  # continuation expansion: (pid, node id, the whole solution its expansion sampled)
-        for p, completions in zip(grow, outputs):
-            tree, leaf = trees[p["id"]], leaves[p["id"]]
+        grown = set()
+        for (p, leaf), completions in zip(grow, outputs):
+            tree = trees[p["id"]]
             steps = [_first_step(c, tok) if whole else (c.text, c.stop_reason, c.logprobs or [0.0], c.num_tokens)
                      for c in completions]
             priors = priors_from_logprobs([sum(lp) for _, _, lp, _ in steps], [n for _, _, _, n in steps],
@@ -133,35 +147,38 @@ def _search_chunk(problems: list[dict], backend: Backend, template: str, s: Sear
             for c, (text, marker, _, _), prior in zip(completions, steps, priors):
                 tokens[p["id"]] += c.num_tokens
                 node = tree.add_child(leaf, text, prior, terminal=marker is None)
-                new[p["id"]].append(node.id)
+                new[p["id"]].append((node.id, sims[p["id"]][leaf]))
+                grown.add((p["id"], leaf))
                 if node.terminal:
                     finals.append((p, node.id, join_steps(tree.steps_to(node.id))))
                 elif whole:
-                    done = tree.steps_to(leaf)
-                    tails.append((p, node.id, join_steps(done + [c.text]) if done else c.text))
+                    before = tree.steps_to(leaf)
+                    tails.append((p, node.id, join_steps(before + [c.text]) if before else c.text))
         for p in problems:  # a leaf that cannot grow is evaluated again
-            if not new[p["id"]]:
-                new[p["id"]].append(leaves[p["id"]])
-                node = trees[p["id"]].nodes[leaves[p["id"]]]
-                if node.terminal and node.correct is None:
-                    finals.append((p, node.id, join_steps(trees[p["id"]].steps_to(node.id))))
+            for leaf in leaves[p["id"]]:
+                if (p["id"], leaf) not in grown:
+                    new[p["id"]].append((leaf, sims[p["id"]][leaf]))
+                    node = trees[p["id"]].nodes[leaf]
+                    if node.terminal and node.correct is None:
+                        finals.append((p, node.id, join_steps(trees[p["id"]].steps_to(node.id))))
         graded = grade_many([(text, p["answer"]) for p, _, text in finals + tails], timeout=grade_timeout)
         for (p, node_id, _), (_, _, ok) in zip(finals, graded):
             trees[p["id"]].nodes[node_id].correct = bool(ok)
         tail_wins = {(p["id"], node_id): [1.0 if ok else 0.0]
                      for (p, node_id, _), (_, _, ok) in zip(tails, graded[len(finals):])}
-        values = _evaluate(problems, trees, new, backend, template, s, seed, sim, value, tokens, grade_timeout,
+        values = _evaluate(problems, trees, new, backend, template, s, seed, value, tokens, grade_timeout,
                            tail_wins)
         for p in problems:
-            for node_id in new[p["id"]]:
+            for node_id, _ in new[p["id"]]:
                 trees[p["id"]].backup(node_id, values[(p["id"], node_id)])
-        done_sims = sim + 1
+        for pid, chosen in leaves.items():
+            done[pid] += len(chosen)
     for p in problems:
         tree = trees[p["id"]]
         path = tree.chosen_path()
         yield {**p, "template": template, "tree": tree.as_records(), "chosen_path": path,
                "chosen_steps": tree.steps_to(path[-1]),
-               "search": {"method": "mcts", "status": status, "simulations": done_sims,
+               "search": {"method": "mcts", "status": status, "simulations": done[p["id"]],
                           "settings": {k: v for k, v in vars(s).items()}, "seed": seed,
                           "value": getattr(value, "path", None), "model": backend.model,
                           "generated_tokens": tokens[p["id"]]}}
@@ -182,18 +199,20 @@ def _first_step(completion: Completion, tokenizer: Any) -> tuple[str, str | None
     return text, marker, logprobs[:count], count
 
 
-def _evaluate(problems, trees, new, backend, template, s, seed, sim, value, tokens, grade_timeout,
+def _evaluate(problems, trees, new, backend, template, s, seed, value, tokens, grade_timeout,
               tail_wins) -> dict:
     """The value of every node to back up this simulation (see the module doc, step 3)."""
     values: dict[tuple[str, int], float] = {}
     pending = []
+    sims = {}
     for p in problems:
-        for node_id in new[p["id"]]:
+        for node_id, sim in new[p["id"]]:
             node = trees[p["id"]].nodes[node_id]
             if node.terminal:
                 values[(p["id"], node_id)] = 1.0 if node.correct else 0.0
             else:
                 pending.append((p, node_id))
+                sims[(p["id"], node_id)] = sim
     if not pending:
         return values
     if value is not None:
@@ -205,7 +224,8 @@ def _evaluate(problems, trees, new, backend, template, s, seed, sim, value, toke
     rolled = [(p, n) for p, n in pending if s.rollouts > len(have[(p["id"], n)])]
     # A rollout continues after the node's step: its prompt asks for the next step.
     requests = [Request(_prompt(p["problem"], trees[p["id"]].steps_to(n), template, backend.tokenizer),
-                        seed=derive_seed(seed, p["id"], "rollout", sim, n), n=s.rollouts - len(have[(p["id"], n)]))
+                        seed=derive_seed(seed, p["id"], "rollout", sims[(p["id"], n)], n),
+                        n=s.rollouts - len(have[(p["id"], n)]))
                 for p, n in rolled]
     outputs = backend.generate(requests, SamplingParams(n=s.rollouts, temperature=s.temperature, top_p=s.top_p,
                                                         max_tokens=s.max_tokens)) if requests else []
