@@ -10,6 +10,7 @@ On the arith demo's shipped SFT checkpoint (examples/arith/sft-model, CPU, hf ba
               sample (n) -> localize by rollouts -> rectify -> pair on the same problems.
 
 Tokens are counted by a proxy around the backend. Usage: python bench/bench_search.py [--problems 24]
+[--backend hf|vllm] (vllm: run it with a Python that has vLLM, e.g. .venv-vllm/bin/python).
 """
 from __future__ import annotations
 
@@ -56,9 +57,17 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--problems", type=int, default=24)
     ap.add_argument("--simulations", type=int, default=8)
+    ap.add_argument("--backend", choices=("hf", "vllm"), default="hf",
+                    help="vllm (its CPU build: scripts/test-vllm.sh's .venv-vllm) serves repeated prefixes from its "
+                         "prefix cache; hf re-prefills every prompt")
     args = ap.parse_args()
     problems = list(generate(args.problems, seed=5, config=ArithConfig(min_steps=4, max_steps=4), split="test"))
-    engine = HFBackend(SFT, device="cpu", batch_size=256)
+    if args.backend == "vllm":
+        from stepdpo_cli.backends.vllm import VLLMBackend
+
+        engine = VLLMBackend(SFT)
+    else:
+        engine = HFBackend(SFT, device="cpu", batch_size=256)
     engine.generate([Request("Add: 1 + 2\n", seed=0)], SamplingParams(max_tokens=4))  # warm-up
 
     results = {}
@@ -100,6 +109,10 @@ def main() -> int:
         print(f"search {name}: {tokens} tokens in {seconds:.1f}s = {tokens / seconds:.0f} tokens/s, "
               f"ratio {(tokens / seconds) / plain_rate:.2f}x (goal >= 0.7x); tree pairs per 1,000 generated tokens "
               f"{1000 * pairs / tokens:.2f} ({pairs} pairs)")
+    stats = getattr(engine, "stats", None)
+    if stats and stats.get("prompt_tokens"):
+        print(f"{args.backend}: {stats['cached_prompt_tokens'] / stats['prompt_tokens']:.0%} of all prompt tokens "
+              f"served from the prefix cache")
     print(f"sample+localize+rectify: pairs per 1,000 generated tokens {1000 * step_pairs / max(classic_tokens, 1):.2f} "
           f"({step_pairs} pairs, {classic_tokens} tokens), {len(problems)} problems")
     return 0

