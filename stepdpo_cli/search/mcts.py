@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterator, Sequence
 
 
 @dataclass
@@ -72,14 +72,16 @@ class Tree:
         self.nodes[parent].children.append(node.id)
         return node
 
+    def path_up(self, node_id: int) -> Iterator[Node]:
+        """`node_id`'s node, then each of its ancestors up to the root."""
+        node: Node | None = self.nodes[node_id]
+        while node is not None:
+            yield node
+            node = self.nodes[node.parent] if node.parent is not None else None
+
     def steps_to(self, node_id: int) -> list[str]:
         """The step bodies from the root to `node_id` (the partial solution the node stands for)."""
-        steps = []
-        node = self.nodes[node_id]
-        while node.parent is not None:
-            steps.append(node.step)
-            node = self.nodes[node.parent]
-        return steps[::-1]
+        return [node.step for node in self.path_up(node_id) if node.parent is not None][::-1]
 
     def depth(self, node_id: int) -> int:
         return len(self.steps_to(node_id))
@@ -111,25 +113,19 @@ class Tree:
             if leaf in leaves:
                 break
             leaves.append(leaf)
-            self._visit_path(leaf, +1)
+            for node in self.path_up(leaf):
+                node.visits += 1
         for leaf in leaves:
-            self._visit_path(leaf, -1)
+            for node in self.path_up(leaf):
+                node.visits -= 1
         return leaves
-
-    def _visit_path(self, node_id: int, visits: int) -> None:
-        node: Node | None = self.nodes[node_id]
-        while node is not None:
-            node.visits += visits
-            node = self.nodes[node.parent] if node.parent is not None else None
 
     def backup(self, node_id: int, value: float) -> None:
         """One visit and `value` for `node_id` and each of its ancestors."""
-        node: Node | None = self.nodes[node_id]
-        node.evaluations += 1
-        while node is not None:
+        self.nodes[node_id].evaluations += 1
+        for node in self.path_up(node_id):
             node.visits += 1
             node.value_sum += value
-            node = self.nodes[node.parent] if node.parent is not None else None
 
     def chosen_path(self) -> list[int]:
         """Node ids from the root along the most visited child (ties: higher Q, then the earlier child)."""
